@@ -1,0 +1,369 @@
+"""A transformers ``Cache`` that compacts itself with TriAttention during generation.
+
+Each layer stores keys/values in a preallocated buffer ``[B, Hkv, capacity, D]`` plus, per slot, whether
+it holds a real token (``valid``: not padding, not filler) and its RoPE position (``pos``). The logical
+length (what ``generate``, positions and masks see) is kept apart from the physical one. A round runs
+at the start of a forward step (never during prefill) once some row holds ``budget + interval`` real
+tokens and brings every such row back to ``budget``: scores from all pruned layers, one selection,
+one in-place gather per layer on that layer's own device.
+"""
+import logging
+import threading
+import weakref
+from typing import Dict, List, Optional, Union
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .calibration import CalibrationStats
+from .config import TriAttentionConfig
+from .kernel_loading import load_ops
+from .rope_spec import LayerPlan, ModelInfo, describe_model
+
+logger = logging.getLogger(__name__)
+_ACTIVE = threading.local()
+
+
+def active_cache() -> Optional["TriAttentionCache"]:
+    """The TriAttentionCache whose ``update`` ran last on this thread (what the attention function serves)."""
+    ref = getattr(_ACTIVE, "cache", None)
+    return ref() if ref is not None else None
+
+
+class TriAttentionLayer(CacheLayerMixin):
+    """Storage of one layer: K/V buffers, per-slot validity and RoPE position, per-row next position."""
+
+    is_compileable = False
+    is_croppable = False
+    is_sliding = False
+
+    def __init__(self, plan: LayerPlan, max_useful_capacity: Optional[int] = None):
+        super().__init__()
+        self.plan = plan
+        # Growth stops here (budget + interval + 1 for pruned layers) unless a longer step needs more.
+        self.max_useful_capacity = max_useful_capacity
+        self.length = 0  # physical slots in use
+        self.cumulative_length = 0  # logical tokens seen, padding included
+        self.valid: Optional[torch.Tensor] = None  # [B, Hkv, C] bool
+        self.pos: Optional[torch.Tensor] = None  # [B, Hkv, C] int64, RoPE position of each slot
+        self.next_pos: Optional[torch.Tensor] = None  # [B] int64, next RoPE position per row
+        self.all_valid = True  # host-side: no padding/filler slot held (lets attention skip the mask)
+        self._last = (0, 0)  # (first slot, count) of the latest append
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, n, dim = key_states.shape
+        self._allocate(batch, heads, n, dim, key_states, value_states.shape[-1])
+        self.next_pos = torch.zeros(batch, dtype=torch.int64, device=key_states.device)
+        self.is_initialized = True
+
+    def _allocate(self, batch, heads, capacity, dim, like, value_dim):
+        self.keys = like.new_empty(batch, heads, capacity, dim)
+        self.values = like.new_empty(batch, heads, capacity, value_dim)
+        self.valid = torch.zeros(batch, heads, capacity, dtype=torch.bool, device=like.device)
+        self.pos = torch.full((batch, heads, capacity), -1, dtype=torch.int64, device=like.device)
+
+    def _grow(self, needed: int) -> None:
+        grown = int(self.keys.shape[2] * 1.5) + 16
+        if self.max_useful_capacity is not None:
+            grown = min(grown, self.max_useful_capacity)
+        capacity = max(needed, grown)
+        old = (self.keys, self.values, self.valid, self.pos)
+        b, h, _, d = self.keys.shape
+        self._allocate(b, h, capacity, d, self.keys, self.values.shape[-1])
+        for new, prev in zip((self.keys, self.values, self.valid, self.pos), old):
+            new[:, :, : self.length] = prev[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if key_states.device != self.keys.device:
+            raise ValueError(
+                f"layer cache lives on {self.keys.device} but new key states arrived on {key_states.device}"
+            )
+        n = key_states.shape[-2]
+        if self.length + n > self.keys.shape[2]:
+            self._grow(self.length + n)
+        start, end = self.length, self.length + n
+        self.keys[:, :, start:end] = key_states
+        self.values[:, :, start:end] = value_states
+        # Provisional metadata (no padding); the attention function corrects it for padded rows.
+        steps = torch.arange(n, device=self.keys.device)
+        self.valid[:, :, start:end] = True
+        self.pos[:, :, start:end] = (self.next_pos[:, None] + steps)[:, None, :]
+        self.next_pos += n
+        self.length, self.cumulative_length, self._last = end, self.cumulative_length + n, (start, n)
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def mark_padding(self, new_valid: torch.Tensor) -> None:
+        """Fix the latest append for padding: ``new_valid [B, n]`` True for real tokens."""
+        start, n = self._last
+        new_valid = new_valid.to(self.valid.device, torch.bool)
+        if bool(new_valid.all()):
+            return
+        self.all_valid = False
+        before = self.next_pos - n
+        pos = before[:, None] + new_valid.long().cumsum(-1) - 1
+        self.valid[:, :, start:start + n] = new_valid[:, None, :]
+        self.pos[:, :, start:start + n] = torch.where(new_valid, pos, -1)[:, None, :]
+        self.next_pos = before + new_valid.sum(-1)
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_mask_sizes(self, query_length: int):
+        return self.length + query_length, self.cumulative_length - self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.keys = self.values = self.valid = self.pos = self.next_pos = None
+        self.is_initialized, self.all_valid = False, True
+        self.length = self.cumulative_length = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.is_initialized:
+            for name in ("keys", "values", "valid", "pos", "next_pos"):
+                t = getattr(self, name)
+                setattr(self, name, t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.reorder_cache(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            for name in ("keys", "values", "valid", "pos", "next_pos"):
+                setattr(self, name, getattr(self, name).repeat_interleave(repeats, dim=0))
+
+    def real_counts(self) -> torch.Tensor:
+        return self.valid[:, 0, : self.length].sum(-1)
+
+    def nbytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values))
+
+    def used_nbytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        per_slot = sum(t[:, :, :1].numel() * t.element_size() for t in (self.keys, self.values))
+        return per_slot * self.length
+
+
+class TriAttentionCache(Cache):
+    """KV cache that stays within ``budget`` (+ ``interval`` slack) tokens per row on every pruned layer.
+
+    Args:
+        model: the (possibly accelerate-dispatched) transformers model; its RoPE and shapes are read once.
+        config: a :class:`TriAttentionConfig`; keyword arguments (``budget=...``) build one.
+        calibration: a :class:`CalibrationStats`, a path to a ``.safetensors``/authors' ``.pt`` file, or
+            ``None`` for online statistics from the queries seen before the first round (the prompt).
+        model_info: precomputed :func:`describe_model` (saves the probe when creating many caches).
+
+    Example::
+
+        cache = TriAttentionCache(model, budget=256, interval=64)
+        out = model.generate(**inputs, past_key_values=cache, max_new_tokens=2000)
+        cache.physical_lengths(), cache.rounds, cache.tokens_evicted, cache.nbytes()
+    """
+
+    def __init__(
+        self,
+        model=None,
+        config: Optional[TriAttentionConfig] = None,
+        calibration: Union[None, str, CalibrationStats] = None,
+        *,
+        model_info: Optional[ModelInfo] = None,
+        ops=None,
+        **config_kwargs,
+    ):
+        if config is None:
+            config = TriAttentionConfig(**config_kwargs)
+        elif config_kwargs:
+            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(config_kwargs)})")
+        if model_info is None:
+            if model is None:
+                raise ValueError("TriAttentionCache needs the model (or model_info)")
+            model_info = describe_model(model)
+        if not model_info.pruned_layers:
+            raise ValueError(f"model type {model_info.model_type!r} has no layer TriAttention can prune")
+        self.config, self.info = config, model_info
+        self.ops = ops if ops is not None else load_ops()
+        if isinstance(calibration, str):
+            calibration = CalibrationStats.load(calibration)
+        if calibration is not None:
+            calibration.validate(model_info)
+        self.calibration = calibration
+        slack = config.budget + config.interval + 1
+        layers = [TriAttentionLayer(p, slack if p.prunable else None) for p in model_info.plans]
+        super().__init__(layers=layers)
+        self.first_pruned = model_info.pruned_layers[0]
+        self.rounds = 0
+        self.tokens_evicted = 0
+        self.prompt_lengths: Optional[torch.Tensor] = None  # [B] real prompt tokens per row
+        self._online: Optional[Dict[int, "object"]] = None if calibration is not None else {}
+        self._layer_stats: Dict[int, Dict[str, torch.Tensor]] = {}
+        self._checked_at = -1
+        self._warned_prompt = False
+
+    # -- transformers hooks -------------------------------------------------------------------------------
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        _ACTIVE.cache = weakref.ref(self)
+        if layer_idx == 0:
+            self._maybe_compact()
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int):
+        self._maybe_compact()  # masks are built before layer 0 runs: compact first so sizes agree
+        return super().get_mask_sizes(query_length, layer_idx)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("TriAttentionCache cannot be cropped: evicted tokens cannot be restored")
+
+    # -- statistics users asked for ----------------------------------------------------------------------
+    def physical_lengths(self) -> List[int]:
+        """Slots held per layer now (what memory holds), excluding unused capacity."""
+        return [layer.length for layer in self.layers]
+
+    def logical_length(self) -> int:
+        return self.get_seq_length()
+
+    def nbytes(self) -> int:
+        """Bytes of K/V buffers allocated across layers."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def used_nbytes(self) -> int:
+        """Bytes of K/V slots in use across layers."""
+        return sum(layer.used_nbytes() for layer in self.layers)
+
+    def summary(self) -> dict:
+        pruned = self.info.pruned_layers
+        return {
+            "logical_length": self.get_seq_length(),
+            "physical_length_pruned_layers": max((self.layers[i].length for i in pruned), default=0),
+            "physical_lengths": self.physical_lengths(),
+            "pruned_layers": len(pruned),
+            "unpruned_layers": len(self.layers) - len(pruned),
+            "rounds": self.rounds,
+            "tokens_evicted": self.tokens_evicted,
+            "kv_bytes_allocated": self.nbytes(),
+            "kv_bytes_used": self.used_nbytes(),
+            "calibration": "offline" if self.calibration is not None else "online",
+        }
+
+    # -- online calibration -------------------------------------------------------------------------------
+    @property
+    def collecting(self) -> bool:
+        """True while online statistics are gathered (from the prompt, until the first round)."""
+        return self._online is not None and self.rounds == 0
+
+    def observe_queries(self, layer_idx: int, queries_pre_rope: torch.Tensor, weights: torch.Tensor) -> None:
+        """Accumulate pre-RoPE queries ``[B, Hq, T, D]`` of a pruned layer for online statistics."""
+        from triattention import QueryFrequencyStats
+
+        stats = self._online.get(layer_idx)
+        if stats is None:
+            rope = self.info.plans[layer_idx].rope
+            stats = QueryFrequencyStats(queries_pre_rope.shape[0], 1, self.info.num_heads, self.info.head_dim,
+                                        rope.rotary_dim, style=rope.style, device=queries_pre_rope.device)
+            self._online[layer_idx] = stats
+        stats.update(0, queries_pre_rope, weights)
+
+    def _stats_for(self, layer_idx: int, device: torch.device) -> Dict[str, torch.Tensor]:
+        cached = self._layer_stats.get(layer_idx)
+        if cached is None:
+            if self.calibration is not None:
+                cached = {k: v.to(device) for k, v in self.calibration.layer(layer_idx).items()}
+            else:
+                stats = self._online.get(layer_idx)
+                if stats is None:
+                    raise RuntimeError(
+                        "online calibration saw no queries: use attn_implementation='triattention' "
+                        "(model.set_attn_implementation('triattention')) or pass a calibration file"
+                    )
+                cached = {k: v[:, 0].to(device) for k, v in stats.means().items()}  # [B, Hq, F]
+            self._layer_stats[layer_idx] = cached
+        return cached
+
+    # -- compaction ------------------------------------------------------------------------------------------
+    def _maybe_compact(self) -> None:
+        layer = self.layers[self.first_pruned]
+        if not layer.is_initialized or layer.cumulative_length == self._checked_at:
+            return
+        self._checked_at = layer.cumulative_length
+        if self.prompt_lengths is None:  # first check after prefill
+            self.prompt_lengths = layer.next_pos.clone()
+        real = layer.real_counts()
+        trigger = real >= self.config.budget + self.config.interval
+        if bool(trigger.any()):
+            self._compact(trigger, real)
+
+    def _protected(self, layer: TriAttentionLayer, n: int) -> torch.Tensor:
+        cfg = self.config
+        pos, valid = layer.pos[:, :, :n], layer.valid[:, :, :n]
+        protected = pos < cfg.sink_tokens
+        if cfg.recent_window:
+            protected |= pos >= (layer.next_pos - cfg.recent_window)[:, None, None]
+        if cfg.pin_prompt:
+            prompt = self.prompt_lengths.to(pos.device)
+            pinnable = prompt + cfg.recent_window < cfg.budget
+            if not bool(pinnable.all()) and not self._warned_prompt:
+                logger.warning(
+                    "prompt of %s tokens leaves no room in budget %d: its tokens compete for the budget instead "
+                    "of being pinned (so generated tokens are not all evicted)", prompt.tolist(), cfg.budget)
+                self._warned_prompt = True
+            protected |= pos < torch.where(pinnable, prompt, 0)[:, None, None]
+        return protected & valid
+
+    def _layer_scores(self, idx: int, protected: torch.Tensor) -> torch.Tensor:
+        cfg, ops, layer = self.config, self.ops, self.layers[idx]
+        rope, n = layer.plan.rope, layer.length
+        keys = layer.keys[:, :, :n]
+        stats = self._stats_for(idx, keys.device)
+        offsets = ops.build_geometric_offsets(cfg.offset_max_length, keys.device)
+        w, c = ops.round_weights(
+            stats["q_mean_real"], stats["q_mean_imag"], stats["q_abs_mean"], rope.omega.to(keys.device),
+            layer.next_pos, offsets, head_dim=rope.head_dim, style=rope.style, rotary_dim=rope.rotary_dim,
+            aggregation=cfg.aggregation, freq_scale_sq=rope.freq_scale_sq(keys.device),
+            q_pass_mean=stats.get("q_pass_mean"), disable_mlr=cfg.disable_mlr, disable_trig=cfg.disable_trig,
+        )
+        scores = ops.score_post_rope_keys(keys, w, c, style=rope.style, rotary_dim=rope.rotary_dim)
+        candidates = layer.valid[:, :, :n] & ~protected
+        if cfg.normalize_scores:
+            return ops.reduce_query_heads(scores, candidates, group_aggregation=cfg.group_aggregation)
+        b, hkv = keys.shape[:2]
+        grouped = scores.view(b, hkv, -1, n)
+        reduced = grouped.amax(2) if cfg.group_aggregation == "max" else grouped.mean(2)
+        return reduced.masked_fill(~candidates, float("-inf"))
+
+    @torch.no_grad()
+    def _compact(self, trigger: torch.Tensor, real: torch.Tensor) -> None:
+        cfg, ops = self.config, self.ops
+        self._freeze_online()
+        keep_real = torch.where(trigger, torch.full_like(real, cfg.budget), real)
+        out_len = int(keep_real.max())
+        pruned = self.info.pruned_layers
+        protected = {i: self._protected(self.layers[i], self.layers[i].length) for i in pruned}
+        per_layer = ops.combine_layers([self._layer_scores(i, protected[i]) for i in pruned], cfg.granularity)
+        shared = cfg.granularity != "per_layer_head"  # one keep set for every layer (identical layouts)
+        selection = None
+        for i, scores in zip(pruned, per_layer):
+            layer = self.layers[i]
+            dev = layer.keys.device
+            if selection is None or not shared:
+                n = layer.length
+                selection = ops.select_keep_indices(
+                    scores, layer.valid[:, :, :n], keep_real.to(scores.device), out_len, protected[i])
+            idx, keep_valid = (t.to(dev) for t in selection)
+            ops.compact_([layer.keys, layer.values], idx)
+            new_pos = torch.gather(layer.pos[:, :, : layer.length], 2, idx)
+            layer.pos[:, :, :out_len] = torch.where(keep_valid, new_pos, -1)
+            layer.valid[:, :, :out_len] = keep_valid
+            layer.length = out_len
+            layer.all_valid = bool(keep_valid.all())
+        self.rounds += 1
+        self.tokens_evicted += int((real - keep_real).sum())
+
+    def _freeze_online(self) -> None:
+        if self._online is not None and self.rounds == 0:
+            self._layer_stats.clear()  # recompute from the final online sums
