@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from .calibration import CalibrationStats
 from .config import TriAttentionConfig
 from .kernel_loading import load_ops
+from .policies import TriAttentionPolicy
 from .rope_spec import LayerPlan, ModelInfo, describe_model
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class TriAttentionCache(Cache):
         calibration: a :class:`CalibrationStats`, a path to a ``.safetensors``/authors' ``.pt`` file, or
             ``None`` for online statistics from the queries seen before the first round (the prompt).
         model_info: precomputed :func:`describe_model` (saves the probe when creating many caches).
+        policy: what scores keys each round (default :class:`~.policies.TriAttentionPolicy`); baselines in
+            :mod:`.policies` reuse the same cache machinery.
 
     Example::
 
@@ -175,6 +178,7 @@ class TriAttentionCache(Cache):
         *,
         model_info: Optional[ModelInfo] = None,
         ops=None,
+        policy=None,
         **config_kwargs,
     ):
         if config is None:
@@ -189,6 +193,7 @@ class TriAttentionCache(Cache):
             raise ValueError(f"model type {model_info.model_type!r} has no layer TriAttention can prune")
         self.config, self.info = config, model_info
         self.ops = ops if ops is not None else load_ops()
+        self.policy = policy if policy is not None else TriAttentionPolicy()
         if isinstance(calibration, str):
             calibration = CalibrationStats.load(calibration)
         if calibration is not None:
@@ -315,27 +320,6 @@ class TriAttentionCache(Cache):
             protected |= pos < torch.where(pinnable, prompt, 0)[:, None, None]
         return protected & valid
 
-    def _layer_scores(self, idx: int, protected: torch.Tensor) -> torch.Tensor:
-        cfg, ops, layer = self.config, self.ops, self.layers[idx]
-        rope, n = layer.plan.rope, layer.length
-        keys = layer.keys[:, :, :n]
-        stats = self._stats_for(idx, keys.device)
-        offsets = ops.build_geometric_offsets(cfg.offset_max_length, keys.device)
-        w, c = ops.round_weights(
-            stats["q_mean_real"], stats["q_mean_imag"], stats["q_abs_mean"], rope.omega.to(keys.device),
-            layer.next_pos, offsets, head_dim=rope.head_dim, style=rope.style, rotary_dim=rope.rotary_dim,
-            aggregation=cfg.aggregation, freq_scale_sq=rope.freq_scale_sq(keys.device),
-            q_pass_mean=stats.get("q_pass_mean"), disable_mlr=cfg.disable_mlr, disable_trig=cfg.disable_trig,
-        )
-        scores = ops.score_post_rope_keys(keys, w, c, style=rope.style, rotary_dim=rope.rotary_dim)
-        candidates = layer.valid[:, :, :n] & ~protected
-        if cfg.normalize_scores:
-            return ops.reduce_query_heads(scores, candidates, group_aggregation=cfg.group_aggregation)
-        b, hkv = keys.shape[:2]
-        grouped = scores.view(b, hkv, -1, n)
-        reduced = grouped.amax(2) if cfg.group_aggregation == "max" else grouped.mean(2)
-        return reduced.masked_fill(~candidates, float("-inf"))
-
     @torch.no_grad()
     def _compact(self, trigger: torch.Tensor, real: torch.Tensor) -> None:
         cfg, ops = self.config, self.ops
@@ -344,7 +328,8 @@ class TriAttentionCache(Cache):
         out_len = int(keep_real.max())
         pruned = self.info.pruned_layers
         protected = {i: self._protected(self.layers[i], self.layers[i].length) for i in pruned}
-        per_layer = ops.combine_layers([self._layer_scores(i, protected[i]) for i in pruned], cfg.granularity)
+        per_layer = ops.combine_layers([self.policy.layer_scores(self, i, protected[i]) for i in pruned],
+                                       cfg.granularity)
         shared = cfg.granularity != "per_layer_head"  # one keep set for every layer (identical layouts)
         selection = None
         for i, scores in zip(pruned, per_layer):
