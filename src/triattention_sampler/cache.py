@@ -210,6 +210,8 @@ class TriAttentionCache(Cache):
         self._layer_stats: Dict[int, Dict[str, torch.Tensor]] = {}
         self._checked_at = -1
         self._warned_prompt = False
+        self._row_rounds: Optional[torch.Tensor] = None  # [B] rounds each row went through
+        self._online_frozen = False
 
     # -- transformers hooks -------------------------------------------------------------------------------
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
@@ -221,6 +223,16 @@ class TriAttentionCache(Cache):
     def get_mask_sizes(self, query_length: int, layer_idx: int):
         self._maybe_compact()  # masks are built before layer 0 runs: compact first so sizes agree
         return super().get_mask_sizes(query_length, layer_idx)
+
+    def reset(self) -> None:
+        """Empty the cache for a new sequence (settings and offline calibration are kept)."""
+        super().reset()
+        self.rounds = self.tokens_evicted = 0
+        self.prompt_lengths = self._row_rounds = None
+        self._checked_at, self._online_frozen = -1, False
+        self._layer_stats.clear()
+        if self._online is not None:
+            self._online = {}
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("TriAttentionCache cannot be cropped: evicted tokens cannot be restored")
@@ -259,8 +271,9 @@ class TriAttentionCache(Cache):
     # -- online calibration -------------------------------------------------------------------------------
     @property
     def collecting(self) -> bool:
-        """True while online statistics are gathered (from the prompt, until the first round)."""
-        return self._online is not None and self.rounds == 0
+        """True while online statistics are gathered: each row's queries from its prompt until its first
+        round (per row, so a batched row gets the statistics it would get alone)."""
+        return self._online is not None and not self._online_frozen
 
     def observe_queries(self, layer_idx: int, queries_pre_rope: torch.Tensor, weights: torch.Tensor) -> None:
         """Accumulate pre-RoPE queries ``[B, Hq, T, D]`` of a pruned layer for online statistics."""
@@ -272,6 +285,8 @@ class TriAttentionCache(Cache):
             stats = QueryFrequencyStats(queries_pre_rope.shape[0], 1, self.info.num_heads, self.info.head_dim,
                                         rope.rotary_dim, style=rope.style, device=queries_pre_rope.device)
             self._online[layer_idx] = stats
+        if self._row_rounds is not None:
+            weights = weights * (self._row_rounds.to(weights.device) == 0)[:, None]
         stats.update(0, queries_pre_rope, weights)
 
     def _stats_for(self, layer_idx: int, device: torch.device) -> Dict[str, torch.Tensor]:
@@ -298,6 +313,7 @@ class TriAttentionCache(Cache):
         self._checked_at = layer.cumulative_length
         if self.prompt_lengths is None:  # first check after prefill
             self.prompt_lengths = layer.next_pos.clone()
+            self._row_rounds = torch.zeros_like(self.prompt_lengths)
         real = layer.real_counts()
         trigger = real >= self.config.budget + self.config.interval
         if bool(trigger.any()):
@@ -323,7 +339,7 @@ class TriAttentionCache(Cache):
     @torch.no_grad()
     def _compact(self, trigger: torch.Tensor, real: torch.Tensor) -> None:
         cfg, ops = self.config, self.ops
-        self._freeze_online()
+        self._refresh_online_stats()
         keep_real = torch.where(trigger, torch.full_like(real, cfg.budget), real)
         out_len = int(keep_real.max())
         pruned = self.info.pruned_layers
@@ -348,7 +364,10 @@ class TriAttentionCache(Cache):
             layer.all_valid = bool(keep_valid.all())
         self.rounds += 1
         self.tokens_evicted += int((real - keep_real).sum())
+        self._row_rounds += trigger.to(self._row_rounds.device).long()
+        if self._online is not None and bool((self._row_rounds > 0).all()):
+            self._online_frozen = True
 
-    def _freeze_online(self) -> None:
-        if self._online is not None and self.rounds == 0:
-            self._layer_stats.clear()  # recompute from the final online sums
+    def _refresh_online_stats(self) -> None:
+        if self._online is not None and not self._online_frozen:
+            self._layer_stats.clear()  # some row is still collecting: recompute from the current sums
