@@ -5,6 +5,7 @@ angular rate of each frequency (after any rope scaling), the attention scaling b
 rotated dimension count (partial rotary) and the table layout that reveals the pairing. Nothing is
 looked up from a table of model names.
 """
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -154,12 +155,18 @@ class ModelInfo:
         return self.plans[self.pruned_layers[0]].rope if self.pruned_layers else self.plans[0].rope
 
 
+def _model_name(config) -> str:
+    """Hub id, or the folder name of a local checkout (so files travel between machines)."""
+    name = str(getattr(config, "_name_or_path", "") or "")
+    return os.path.basename(name.rstrip("/")) if name and os.path.isdir(name) else name
+
+
 def describe_model(model) -> ModelInfo:
     config = text_config(model)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return ModelInfo(
         model_type=getattr(config, "model_type", "?"),
-        name=str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or ""),
+        name=_model_name(config),
         num_layers=config.num_hidden_layers,
         num_heads=config.num_attention_heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
