@@ -60,6 +60,13 @@ REGISTRATION_H = """\
   }
 """
 
+# libstdc++ headers of GCC >= 11 read glibc's `__libc_single_threaded` (GLIBC_2.32), above manylinux_2_28, which
+# kernel-builder's toolchain targets. A local definition that always says "multi-threaded" keeps the symbol out of
+# the .so; it only makes libstdc++ always take its atomic path, which is what it does in a threaded process anyway.
+MANYLINUX_SHIM_C = """\
+__attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
+"""
+
 OPS_PY = '''import torch
 from . import {ops_name}
 ops = torch.ops.{ops_name}
@@ -133,6 +140,10 @@ def write_ninja(build_dir: Path, ops_name: str, so_path: Path) -> Path:
         obj = build_dir / (src.stem + ".o")
         objs.append(str(obj))
         lines.append(f"build {obj}: compile {src}")
+    shim = build_dir / "manylinux_shim.c"
+    shim.write_text(MANYLINUX_SHIM_C)
+    lines += ["rule compile_c", "  command = cc -O2 -fPIC -c $in -o $out", f"build {shim}.o: compile_c {shim}"]
+    objs.append(f"{shim}.o")
     lines.append(f"build {so_path}: link {' '.join(objs)}")
     lines.append(f"default {so_path}")
     path = build_dir / "build.ninja"

@@ -63,8 +63,9 @@ TRIATT_CLONES void load_tile_bf16(const uint16_t* rows, int64_t ld, int64_t nt, 
   });
 }
 
-TRIATT_CLONES void load_tile_f16(const _Float16* rows, int64_t ld, int64_t nt, int64_t D, float* x) {
-  transpose_tile(rows, ld, nt, D, x, [](_Float16 v) { return static_cast<float>(v); });
+// c10's bit-level conversion: no libgcc __extendhfsf2 (GCC 12 symbol version, not manylinux_2_28).
+TRIATT_CLONES void load_tile_f16(const uint16_t* rows, int64_t ld, int64_t nt, int64_t D, float* x) {
+  transpose_tile(rows, ld, nt, D, x, [](uint16_t v) { return c10::detail::fp16_ieee_to_fp32_value(v); });
 }
 
 // 8 fp32 lanes (GCC vector extension): one ymm register in the AVX2 clone, two xmm in the SSE2 one.
@@ -139,7 +140,7 @@ void load_tile(const scalar_t* rows, int64_t ld, int64_t nt, int64_t D, float* x
     load_tile_bf16(reinterpret_cast<const uint16_t*>(rows), ld, nt, D, x);
   } else {
     static_assert(std::is_same_v<scalar_t, at::Half>, "keys must be f32, bf16 or f16");
-    load_tile_f16(reinterpret_cast<const _Float16*>(rows), ld, nt, D, x);
+    load_tile_f16(reinterpret_cast<const uint16_t*>(rows), ld, nt, D, x);
   }
 }
 
@@ -196,8 +197,8 @@ void score_keys(torch::Tensor& out, torch::Tensor const& keys, torch::Tensor con
               "trig_weights must be [B=", B, ", Hq, O>=1, D=", D, "], got shape ", trig_weights.sizes());
   const int64_t Hq = trig_weights.size(1), O = trig_weights.size(2);
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "Hq (", Hq, ") must be a multiple of Hkv (", Hkv, ")");
-  TORCH_CHECK(rotary_dim >= 0 && rotary_dim % 2 == 0 && rotary_dim <= D,
-              "rotary_dim must be even and in [0, D=", D, "], got ", rotary_dim);
+  TORCH_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= D,
+              "rotary_dim must be even and in (0, D=", D, "], got ", rotary_dim);
   check_f32_contiguous(norm_weights, "norm_weights");
   TORCH_CHECK(norm_weights.dim() == 3 && norm_weights.size(0) == B && norm_weights.size(1) == Hq &&
                   norm_weights.size(2) == rotary_dim / 2,
