@@ -1,0 +1,102 @@
+"""The real default model, SmolLM2-135M-Instruct (loaded once per session)."""
+import pytest
+import torch
+
+import triattention_sampler as ts
+
+PROMPTS = [
+    "Explain why the sky is blue.",
+    "Write a short poem about the sea, the wind and the stars at night.",
+    "List three uses of copper.",
+]
+
+
+def chat_batch(tok, prompts):
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    return tok(texts, return_tensors="pt", padding=True)
+
+
+def sdpa_generate(model, batch, new):
+    model.set_attn_implementation("sdpa")
+    try:
+        return model.generate(**batch, max_new_tokens=new, do_sample=False)
+    finally:
+        model.set_attn_implementation("triattention")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["single", "batch3"])
+def test_budget_above_length_matches_sdpa_for_256_tokens(smollm2, prompts):
+    model, tok = smollm2
+    batch = chat_batch(tok, prompts)
+    ref = sdpa_generate(model, batch, 256)
+    out, cache = ts.generate(model, batch["input_ids"], batch["attention_mask"], budget=4096, max_new_tokens=256,
+                             do_sample=False, return_cache=True)
+    assert cache.rounds == 0
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.slow
+def test_budget_256_interval_64_bounds_logical_length_and_batch_equals_solo(smollm2):
+    model, tok = smollm2
+    new = 600
+    batch = chat_batch(tok, PROMPTS[:2])
+    cache = ts.TriAttentionCache(model, budget=256, interval=64)
+    seen = []
+    original = cache._compact
+
+    def recording(*args):
+        original(*args)
+        seen.append(max(cache.physical_lengths()))
+
+    cache._compact = recording
+    with ts.use_triattention_attention(model):
+        out = model.generate(**batch, past_key_values=cache, max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False)
+    assert cache.rounds >= 4 and all(n <= 256 + 64 for n in seen)
+    assert max(cache.physical_lengths()) <= 320
+    assert cache.get_seq_length() == batch["input_ids"].shape[1] + new - 1
+    width = batch["input_ids"].shape[1]
+    for row, prompt in enumerate(PROMPTS[:2]):
+        solo = chat_batch(tok, [prompt])
+        ids = ts.generate(model, solo["input_ids"], solo["attention_mask"], budget=256, interval=64,
+                          max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        assert torch.equal(out[row, width:], ids[0, solo["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_dispatched_split_map_gives_same_tokens(smollm2):
+    from accelerate import dispatch_model
+    from accelerate.hooks import remove_hook_from_submodules
+
+    model, tok = smollm2
+    batch = chat_batch(tok, PROMPTS[:1])
+    ref = ts.generate(model, batch["input_ids"], budget=64, interval=16, max_new_tokens=120, do_sample=False)
+    device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": "cpu" for i in range(30)})
+    dispatched = dispatch_model(model, device_map=device_map, force_hooks=True,
+                                skip_keys=model._skip_keys_device_placement)
+    try:
+        out = ts.generate(dispatched, batch["input_ids"], budget=64, interval=16, max_new_tokens=120,
+                          do_sample=False)
+    finally:
+        remove_hook_from_submodules(model)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.slow
+def test_offline_calibration_file_from_text_validates_and_generates(smollm2, tmp_path):
+    model, tok = smollm2
+    text = " ".join(["The river carried the boat past the old mill, and the miller waved from the bank."] * 60)
+    stats = ts.calibrate(model, tok, text, chunk_tokens=256, progress=False, source="test")
+    assert stats.token_count > 500 and stats.q_mean_real.shape == (30, 9, 32)
+    path = str(tmp_path / "smollm2.safetensors")
+    stats.save(path)
+    batch = chat_batch(tok, PROMPTS[:1])
+    out, cache = ts.generate(model, batch["input_ids"], calibration=path, budget=64, interval=16,
+                             max_new_tokens=80, do_sample=False, return_cache=True)
+    assert cache.rounds > 0 and cache.summary()["calibration"] == "offline"
+    # Real query centres are concentrated (paper: Q concentration); random ones would give R near 0.
+    r = torch.sqrt(stats.q_mean_real ** 2 + stats.q_mean_imag ** 2) / stats.q_abs_mean
+    assert float(r.median()) > 0.5
