@@ -29,10 +29,11 @@ CPP_SOURCES = [
     ROOT / "torch-ext" / "torch_binding.cpp",
     ROOT / "kernel_src" / "triattention_cpu" / "triattention_cpu.cpp",
 ]
-HEADERS = [ROOT / "torch-ext" / "torch_binding.h", ROOT / "kernel_src" / "triattention_math.h"]
-# Same flags as [kernel.triattention_cpu] cxx-flags in build.toml, plus what kernel-builder's CMake adds.
-CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-fopenmp", "-fno-math-errno", "-DCPU_KERNEL",
-             "-DPy_LIMITED_API=0x03090000", "-Wall", "-Wno-unused-function", "-Wno-psabi"]
+HEADERS = [ROOT / "torch-ext" / "torch_binding.h", ROOT / "kernel_src" / "triattention_math.h", ROOT / "build.toml"]
+# What kernel-builder's CMake passes for a CPU kernel; [kernel.triattention_cpu] cxx-flags from build.toml
+# are appended in build_config().
+BASE_CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-DCPU_KERNEL", "-DPy_LIMITED_API=0x03090000", "-Wall",
+                  "-Wno-unused-function", "-Wno-psabi"]
 PYEXT = (".py", ".pyi")
 
 # kernel-builder's templates/torch/registration.h (vLLM macros), needed by torch_binding.cpp.
@@ -97,13 +98,16 @@ def git_unique_id() -> str:
     return f"{rev}_dirty" if dirty else rev
 
 
-def license_id() -> str:
-    try:
-        import tomllib
+def build_config() -> tuple:
+    """(license, cxx flags) from build.toml: the CPU kernel is compiled with the flags Nix would use."""
+    import tomllib
 
-        return tomllib.loads((ROOT / "build.toml").read_text())["general"]["license"]
-    except (OSError, KeyError):
-        return "Apache-2.0"
+    config = tomllib.loads((ROOT / "build.toml").read_text())
+    cpu = [k for k in config["kernel"].values() if k["backend"] == "cpu"]
+    return config["general"]["license"], BASE_CXX_FLAGS + (cpu[0].get("cxx-flags", []) if cpu else [])
+
+
+LICENSE, CXX_FLAGS = build_config()
 
 
 def inputs_hash(unique_id: str) -> str:
@@ -183,7 +187,7 @@ def build(out_root: Path, unique_id: str, force: bool = False, verbose: bool = T
         "name": NAME,
         "id": ops_name,
         "version": 1,
-        "license": license_id(),
+        "license": LICENSE,
         "python-depends": [],
         "backend": {"type": "cpu"},
     }

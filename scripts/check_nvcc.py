@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Compile-only check of the CUDA sources (and the binding under CUDA_KERNEL/ROCM_KERNEL) against this venv's torch.
+
+The CPU torch wheel ships the c10/cuda headers but not the generated ``c10/cuda/impl/cuda_cmake_macros.h``; a
+stand-in with ``#define C10_CUDA_BUILD_SHARED_LIBS`` is written to a private include dir. Nothing is linked
+(there is no libtorch_cuda here). Results are cached by a hash of the inputs in ``_build_cpu/nvcc-check/``, so
+repeated CI runs are instant. Exit status 0 = every file compiled.
+
+Usage: python scripts/check_nvcc.py [--archs 80 90] [--force]
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).resolve().parent.parent
+CU_SOURCES = sorted((ROOT / "kernel_src" / "triattention_cuda").glob("*.cu"))
+HEADERS = [ROOT / "kernel_src" / "triattention_math.h", ROOT / "torch-ext" / "torch_binding.h"]
+BINDING = ROOT / "torch-ext" / "torch_binding.cpp"
+WORK = ROOT / "_build_cpu" / "nvcc-check"
+# What torch.utils.cpp_extension passes to nvcc for CUDA extensions.
+NVCC_FLAGS = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "-DCUDA_KERNEL", "-D__CUDA_NO_HALF_OPERATORS__",
+              "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+              "-D__CUDA_NO_HALF2_OPERATORS__", "-Xcompiler", "-fPIC"]
+
+
+def nvcc_path() -> str:
+    nvcc = shutil.which("nvcc") or "/usr/local/bin/nvcc"
+    if not Path(nvcc).exists():
+        raise SystemExit("nvcc not found")
+    return nvcc
+
+
+def includes() -> list:
+    macro_dir = WORK / "include"
+    (macro_dir / "c10" / "cuda" / "impl").mkdir(parents=True, exist_ok=True)
+    (macro_dir / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").write_text(
+        "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    (macro_dir / "registration.h").write_text(
+        (ROOT / "scripts" / "build_cpu_variant.py").read_text().split('REGISTRATION_H = """\\\n')[1].split('"""')[0]
+        .replace("\\\\\n", "\\\n"))
+    dirs = [str(macro_dir), str(ROOT / "kernel_src"), str(ROOT / "torch-ext")]
+    dirs += cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
+    return [f"-I{d}" for d in dirs]
+
+
+def digest(parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.read_bytes() if isinstance(p, Path) else str(p).encode())
+    return h.hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", nargs="+", default=["80", "90"])
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    nvcc = nvcc_path()
+    WORK.mkdir(parents=True, exist_ok=True)
+    inc = includes()
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in args.archs]
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    jobs = [(src, [nvcc, *NVCC_FLAGS, *gencode, *inc, "-c", str(src), "-o", str(WORK / (src.stem + ".o"))])
+            for src in CU_SOURCES]
+    cxx = os.environ.get("CXX", "c++")
+    for define in ("CUDA_KERNEL", "ROCM_KERNEL"):
+        jobs.append((BINDING, [cxx, "-std=c++20", "-fsyntax-only", f"-D{define}",
+                               "-DTORCH_EXTENSION_NAME=_triattention_cuda_check", *inc, str(BINDING)]))
+    failed = 0
+    for src, cmd in jobs:
+        key = digest([src, *HEADERS, " ".join(cmd), version])
+        stamp = WORK / (hashlib.sha1(" ".join(cmd).encode()).hexdigest()[:12] + ".ok")
+        if not args.force and stamp.exists() and stamp.read_text() == key:
+            print(f"cached ok: {src.relative_to(ROOT)} ({Path(cmd[0]).name})")
+            continue
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        dt = time.perf_counter() - t0
+        if proc.returncode == 0:
+            stamp.write_text(key)
+            print(f"ok: {src.relative_to(ROOT)} ({Path(cmd[0]).name}, {dt:.0f} s)")
+        else:
+            failed += 1
+            print(f"FAILED: {src.relative_to(ROOT)} ({Path(cmd[0]).name}, {dt:.0f} s)\n{proc.stderr[-6000:]}")
+    print(json.dumps({"nvcc": version, "archs": args.archs, "failed": failed}))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""build.toml, flake.nix and the shared math header, checked with the kernel-builder schema embedded in kernels."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def config():
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "build.toml").read_text())
+
+
+@pytest.mark.kernels_ci
+def test_build_toml_parses_with_kernel_builder_schema():
+    from kernels._rust import Backend, Build
+
+    build = Build.open(ROOT)  # rejects unknown keys and editions other than 5
+    assert set(build.general.backends) == {Backend.CPU, Backend.CUDA, Backend.ROCm}
+
+
+def test_build_toml_sources(config):
+    assert config["general"]["name"] == "triattention" and config["general"]["version"] == 1
+    assert config["general"]["hub"]["repo-id"] == "triattention-community/triattention"
+    kernels = config["kernel"]
+    by_backend = {k["backend"]: k for k in kernels.values()}
+    assert set(by_backend) == {"cpu", "cuda", "rocm"}
+    # ROCm hipifies the CUDA sources.
+    assert by_backend["cuda"]["src"] == by_backend["rocm"]["src"]
+    listed = {s for k in kernels.values() for s in k["src"]} | set(config["torch"]["src"])
+    for src in listed:
+        assert (ROOT / src).is_file(), src
+    on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / "kernel_src").rglob("*") if p.suffix in (".cu", ".cpp", ".h", ".cuh")}
+    assert on_disk <= listed, f"sources not listed in build.toml: {sorted(on_disk - listed)}"
+    for kernel in kernels.values():
+        assert "kernel_src/triattention_math.h" in kernel["src"]
+
+
+def test_flake():
+    text = (ROOT / "flake.nix").read_text()
+    assert 'kernel-builder.url = "github:huggingface/kernels";' in text
+    assert re.search(r"kernel-builder\.lib\.genKernelFlakeOutputs\s*\{\s*inherit self;\s*path = \./\.;\s*\}", text)
+    nix = shutil.which("nix-instantiate")
+    if nix is None:
+        pytest.skip("nix-instantiate not installed (apt-get install nix-bin): syntax not checked")
+    proc = subprocess.run([nix, "--parse", str(ROOT / "flake.nix")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_math_header_compiles_without_cuda(tmp_path):
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx!r})")
+    src = tmp_path / "t.cpp"
+    src.write_text('#include "triattention_math.h"\nint main() { return triattention::math::pair_norm(3.f, 4.f) == 5.f ? 0 : 1; }\n')
+    exe = tmp_path / "t"
+    subprocess.run([cxx, "-std=c++17", "-Wall", "-Werror", f"-I{ROOT / 'kernel_src'}", str(src), "-o", str(exe)], check=True)
+    subprocess.run([str(exe)], check=True)
+
+
+@pytest.mark.skipif(os.environ.get("TRIATTENTION_CHECK_NVCC") != "1",
+                    reason="nvcc compile check takes ~2 min uncached: set TRIATTENTION_CHECK_NVCC=1 (or run scripts/check_nvcc.py)")
+def test_cuda_sources_compile_with_nvcc():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_nvcc.py")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:]
