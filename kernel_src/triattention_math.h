@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
+#if defined(__CUDACC__)
 #define TRIATT_HD __host__ __device__ __forceinline__
+#elif defined(__HIPCC__)
+#define TRIATT_HD __host__ __device__ inline  // __forceinline__ needs hip_runtime.h, which may come later
 #else
 #define TRIATT_HD inline
 #endif
