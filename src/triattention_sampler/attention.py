@@ -76,6 +76,8 @@ def triattention_attention(module, query, key, value, attention_mask, dropout: f
         return _plain_attention(query, key, value, attention_mask, scaling, window)
     if attention_mask is not None and attention_mask.dim() == 2:
         layer.mark_padding(attention_mask[:, -lq:])
+    if cache.query_window and layer.plan.prunable:  # policies that score with recent queries (SnapKV)
+        cache.record_queries(layer_idx, query, layer.pos[:, 0, layer._last[0]:layer._last[0] + lq], scaling)
     if cache.collecting and layer.plan.prunable:
         start = layer._last[0]
         rope = layer.plan.rope

@@ -9,6 +9,7 @@ one in-place gather per layer on that layer's own device.
 """
 import logging
 import threading
+import time
 import weakref
 from typing import Dict, List, Optional, Union
 
@@ -205,6 +206,7 @@ class TriAttentionCache(Cache):
         self.first_pruned = model_info.pruned_layers[0]
         self.rounds = 0
         self.tokens_evicted = 0
+        self.compact_seconds = 0.0  # wall time spent in rounds (benchmarks)
         self.prompt_lengths: Optional[torch.Tensor] = None  # [B] real prompt tokens per row
         self._online: Optional[Dict[int, "object"]] = None if calibration is not None else {}
         self._layer_stats: Dict[int, Dict[str, torch.Tensor]] = {}
@@ -212,6 +214,9 @@ class TriAttentionCache(Cache):
         self._warned_prompt = False
         self._row_rounds: Optional[torch.Tensor] = None  # [B] rounds each row went through
         self._online_frozen = False
+        # Recent post-RoPE queries per pruned layer, for policies with ``query_window`` (SnapKV/H2O-style).
+        self.query_window = int(getattr(self.policy, "query_window", 0) or 0)
+        self._recent_queries: Dict[int, tuple] = {}  # layer -> (queries [B, Hq, W, D], pos [B, W], scaling)
 
     # -- transformers hooks -------------------------------------------------------------------------------
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
@@ -228,8 +233,10 @@ class TriAttentionCache(Cache):
         """Empty the cache for a new sequence (settings and offline calibration are kept)."""
         super().reset()
         self.rounds = self.tokens_evicted = 0
+        self.compact_seconds = 0.0
         self.prompt_lengths = self._row_rounds = None
         self._checked_at, self._online_frozen = -1, False
+        self._recent_queries.clear()
         self._layer_stats.clear()
         if self._online is not None:
             self._online = {}
@@ -265,6 +272,7 @@ class TriAttentionCache(Cache):
             "tokens_evicted": self.tokens_evicted,
             "kv_bytes_allocated": self.nbytes(),
             "kv_bytes_used": self.used_nbytes(),
+            "compact_seconds": self.compact_seconds,
             "calibration": "offline" if self.calibration is not None else "online",
         }
 
@@ -274,6 +282,17 @@ class TriAttentionCache(Cache):
         """True while online statistics are gathered: each row's queries from its prompt until its first
         round (per row, so a batched row gets the statistics it would get alone)."""
         return self._online is not None and not self._online_frozen
+
+    def record_queries(self, layer_idx: int, query: torch.Tensor, pos: torch.Tensor, scaling) -> None:
+        """Keep the last ``query_window`` post-RoPE queries ``[B, Hq, Lq, D]`` of a layer (positions ``[B, Lq]``,
+        -1 for padding) for policies that score keys by recent attention."""
+        w = self.query_window
+        prev = self._recent_queries.get(layer_idx)
+        q, p = query.detach()[:, :, -w:], pos[:, -w:]
+        if prev is not None and q.shape[2] < w:
+            q = torch.cat([prev[0], q], dim=2)[:, :, -w:]
+            p = torch.cat([prev[1], p], dim=1)[:, -w:]
+        self._recent_queries[layer_idx] = (q.clone(), p.clone(), scaling)
 
     def observe_queries(self, layer_idx: int, queries_pre_rope: torch.Tensor, weights: torch.Tensor) -> None:
         """Accumulate pre-RoPE queries ``[B, Hq, T, D]`` of a pruned layer for online statistics."""
@@ -317,7 +336,9 @@ class TriAttentionCache(Cache):
         real = layer.real_counts()
         trigger = real >= self.config.budget + self.config.interval
         if bool(trigger.any()):
+            started = time.perf_counter()
             self._compact(trigger, real)
+            self.compact_seconds += time.perf_counter() - started  # scoring + selection + compaction
 
     def _protected(self, layer: TriAttentionLayer, n: int) -> torch.Tensor:
         cfg = self.config
