@@ -32,3 +32,179 @@ class TriAttentionPolicy:
         grouped = scores.view(b, hkv, -1, n)
         reduced = grouped.amax(2) if cfg.group_aggregation == "max" else grouped.mean(2)
         return reduced.masked_fill(~candidates, float("-inf"))
+
+
+# -- baselines and ablations (same protection / top-k / compaction machinery, different scores) -----------------
+
+
+def _candidates(cache, idx: int, protected: torch.Tensor) -> torch.Tensor:
+    layer = cache.layers[idx]
+    return layer.valid[:, :, : layer.length] & ~protected
+
+
+class FullCachePolicy(TriAttentionPolicy):
+    """No compaction: use with a budget larger than the sequence (``make_policy('full')`` callers set it).
+
+    Scores are only ever asked for if a round runs; it then keeps the most recent tokens."""
+
+    name = "full"
+
+    def layer_scores(self, cache, idx, protected):
+        return StreamingLLMPolicy().layer_scores(cache, idx, protected)
+
+
+class StreamingLLMPolicy:
+    """StreamingLLM (Xiao et al.): attention sinks (``sink_tokens``, 4 in the paper) + the most recent tokens.
+
+    Score = RoPE position, so the newest keys win every round; sinks come from the config's protection."""
+
+    name = "streamingllm"
+
+    def layer_scores(self, cache, idx, protected):
+        layer = cache.layers[idx]
+        scores = layer.pos[:, :, : layer.length].float()
+        return scores.masked_fill(~_candidates(cache, idx, protected), float("-inf"))
+
+
+class RandomPolicy:
+    """Uniformly random keep set (seeded; the same seed gives the same choices)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._generators = {}
+
+    def layer_scores(self, cache, idx, protected):
+        layer = cache.layers[idx]
+        dev = layer.keys.device
+        gen = self._generators.get(dev)
+        if gen is None:
+            gen = self._generators[dev] = torch.Generator(device=dev).manual_seed(self.seed)
+        scores = torch.rand(layer.valid[:, :, : layer.length].shape, generator=gen, device=dev)
+        return scores.masked_fill(~_candidates(cache, idx, protected), float("-inf"))
+
+
+class KeyNormPolicy:
+    """kvpress ``KnormPress``: keep the keys with the LOWEST L2 norm (score = -||k||)."""
+
+    name = "knorm"
+
+    def layer_scores(self, cache, idx, protected):
+        layer = cache.layers[idx]
+        scores = -layer.keys[:, :, : layer.length].float().norm(dim=-1)
+        return scores.masked_fill(~_candidates(cache, idx, protected), float("-inf"))
+
+
+class SnapKVPolicy:
+    """SnapKV / H2O-style: attention of the last ``query_window`` post-RoPE queries to every cached key,
+    averaged over the window and the query heads of each KV head, max-pooled along keys (``kernel_size``).
+
+    The cache records the queries (``cache.query_window`` is read from this policy's attribute)."""
+
+    name = "snapkv"
+
+    def __init__(self, query_window: int = 32, kernel_size: int = 7):
+        if query_window < 1 or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError("query_window must be >= 1 and kernel_size a positive odd number")
+        self.query_window, self.kernel_size = query_window, kernel_size
+
+    def layer_scores(self, cache, idx, protected):
+        layer = cache.layers[idx]
+        n = layer.length
+        keys = layer.keys[:, :, :n].float()
+        b, hkv, _, d = keys.shape
+        candidates = _candidates(cache, idx, protected)
+        recorded = cache._recent_queries.get(idx)
+        if recorded is None:  # nothing seen yet: fall back to recency
+            return StreamingLLMPolicy().layer_scores(cache, idx, protected)
+        q, qpos, scaling = recorded
+        q = q.to(keys.device).float()
+        hq, w = q.shape[1], q.shape[2]
+        group = hq // hkv
+        scale = scaling if scaling is not None else d ** -0.5
+        logits = torch.einsum("bgqwd,bgnd->bgqwn", q.view(b, hkv, group, w, d), keys) * scale
+        kpos = layer.pos[:, :, :n]
+        visible = layer.valid[:, :, :n][:, :, None, None, :] & (
+            kpos[:, :, None, None, :] <= qpos.to(keys.device)[:, None, None, :, None])
+        visible &= (qpos >= 0).to(keys.device)[:, None, None, :, None]
+        logits = logits.masked_fill(~visible, float("-inf"))
+        attn = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked query rows -> 0
+        scores = attn.mean(dim=(2, 3))  # [B, Hkv, N]
+        if self.kernel_size > 1:
+            pad = self.kernel_size // 2
+            scores = torch.nn.functional.max_pool1d(scores.reshape(b * hkv, 1, n), self.kernel_size, stride=1,
+                                                    padding=pad).reshape(b, hkv, n)
+        return scores.masked_fill(~candidates, float("-inf"))
+
+
+class TriAttentionAblationPolicy(TriAttentionPolicy):
+    """TriAttention with the paper's ablations that the config does not cover.
+
+    Args:
+        disable_norm: drop the norm (additive) term entirely (trig term only). Not the same as the config's
+            ``disable_mlr``, which keeps the norm term but uses ``E|q|`` instead of ``E|q| - |E q|``.
+        offsets: ``geometric`` (1, 2, 4, ..., paper) or ``linear`` (every distance 1..``offset_max_length``,
+            uniform weight over the future window; needs ``aggregation='mean'``).
+    """
+
+    name = "triattention-ablation"
+
+    def __init__(self, disable_norm: bool = False, offsets: str = "geometric"):
+        if offsets not in ("geometric", "linear"):
+            raise ValueError(f"offsets must be 'geometric' or 'linear', got {offsets!r}")
+        self.disable_norm, self.offsets = disable_norm, offsets
+
+    def layer_scores(self, cache, idx, protected):
+        if not self.disable_norm and self.offsets == "geometric":
+            return super().layer_scores(cache, idx, protected)
+        cfg, ops, layer = cache.config, cache.ops, cache.layers[idx]
+        if self.offsets == "linear" and cfg.aggregation != "mean":
+            raise ValueError("linear offsets need aggregation='mean'")
+        rope, n = layer.plan.rope, layer.length
+        keys = layer.keys[:, :, :n]
+        stats = cache._stats_for(idx, keys.device)
+        if self.offsets == "linear":
+            offsets = torch.arange(1, cfg.offset_max_length + 1, device=keys.device, dtype=torch.float32)
+        else:
+            offsets = ops.build_geometric_offsets(cfg.offset_max_length, keys.device)
+        w, c = ops.round_weights(
+            stats["q_mean_real"], stats["q_mean_imag"], stats["q_abs_mean"], rope.omega.to(keys.device),
+            layer.next_pos, offsets, head_dim=rope.head_dim, style=rope.style, rotary_dim=rope.rotary_dim,
+            aggregation=cfg.aggregation, freq_scale_sq=rope.freq_scale_sq(keys.device),
+            q_pass_mean=stats.get("q_pass_mean"), disable_mlr=cfg.disable_mlr, disable_trig=cfg.disable_trig,
+        )
+        if self.disable_norm:
+            c = torch.zeros_like(c)
+        scores = ops.score_post_rope_keys(keys, w, c, style=rope.style, rotary_dim=rope.rotary_dim)
+        candidates = layer.valid[:, :, :n] & ~protected
+        if cfg.normalize_scores:
+            return ops.reduce_query_heads(scores, candidates, group_aggregation=cfg.group_aggregation)
+        b, hkv = keys.shape[:2]
+        grouped = scores.view(b, hkv, -1, n)
+        reduced = grouped.amax(2) if cfg.group_aggregation == "max" else grouped.mean(2)
+        return reduced.masked_fill(~candidates, float("-inf"))
+
+
+# name -> (policy factory, config overrides the method implies)
+METHODS = {
+    "full": (FullCachePolicy, {}),
+    "triattention": (TriAttentionPolicy, {}),
+    "streamingllm": (StreamingLLMPolicy, {"sink_tokens": 4}),
+    "random": (RandomPolicy, {}),
+    "knorm": (KeyNormPolicy, {}),
+    "snapkv": (SnapKVPolicy, {}),
+    "tri-no-trig": (TriAttentionPolicy, {"disable_trig": True}),
+    "tri-no-mlr": (TriAttentionPolicy, {"disable_mlr": True}),
+    "tri-no-norm": (lambda: TriAttentionAblationPolicy(disable_norm=True), {}),
+    "tri-linear": (lambda: TriAttentionAblationPolicy(offsets="linear"), {}),
+}
+
+
+def make_policy(method: str, seed: int = 0):
+    """(policy, config overrides) for a method name in :data:`METHODS`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    factory, overrides = METHODS[method]
+    policy = RandomPolicy(seed) if method == "random" else factory()
+    return policy, dict(overrides)
