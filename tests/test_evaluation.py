@@ -1,0 +1,143 @@
+"""Metrics with known answers and each policy's mechanics on a tiny random Llama (no real model)."""
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from triattention_sampler import TriAttentionCache, TriAttentionConfig
+from triattention_sampler.evaluation.metrics import summarize, token_metrics
+from triattention_sampler.evaluation.quality import build_cache, feed_schedule, stream_quality
+from triattention_sampler.policies import METHODS, KeyNormPolicy, RandomPolicy, SnapKVPolicy, StreamingLLMPolicy, make_policy
+
+
+def test_identical_runs_give_zero_kl_and_full_agreement():
+    logp = torch.log_softmax(torch.randn(7, 11), -1)
+    targets = torch.randint(0, 11, (7,))
+    s = summarize(token_metrics(logp, logp.clone(), targets))
+    assert s["kl"] == pytest.approx(0.0, abs=1e-7) and s["top1"] == 1.0 and s["nll"] == pytest.approx(s["nll_ref"])
+
+
+def test_nll_and_kl_of_known_distributions():
+    v = 8
+    uniform = torch.full((3, v), -math.log(v))
+    peaked = torch.log(torch.tensor([[0.5] + [0.5 / (v - 1)] * (v - 1)] * 3))
+    m = token_metrics(peaked, uniform, torch.tensor([0, 1, 2]))
+    assert torch.allclose(m["nll"], torch.full((3,), math.log(v)))
+    assert m["nll_ref"][0].item() == pytest.approx(math.log(2))
+    p = peaked[0].exp()
+    assert m["kl"][0].item() == pytest.approx(float((p * (p.log() + math.log(v))).sum()), rel=1e-5)
+    assert m["agree"].tolist() == [1.0, 1.0, 1.0]  # both argmax 0 (uniform argmax picks index 0)
+    assert summarize(m, start=2)["tokens"] == 1
+
+
+def test_feed_schedule_fires_rounds_like_token_by_token():
+    spans = feed_schedule(100, 8)
+    assert spans[0] == (0, 1) and spans[1] == (1, 8) and spans[2] == (8, 16) and spans[-1][1] == 100
+    assert feed_schedule(5, 1) == [(i, i + 1) for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama")
+
+
+@pytest.mark.parametrize("method", list(METHODS) + ["triattention-online"])
+def test_every_method_stays_within_budget(model, method):
+    torch.manual_seed(0)
+    ids = torch.randint(3, 128, (1, 90))
+    cache = build_cache(model, method, 32, 16)
+    with torch.no_grad():
+        model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
+        for t in range(1, 90, 8):
+            model(input_ids=ids[:, t:t + 8], past_key_values=cache, use_cache=True)
+    s = cache.summary()
+    assert s["logical_length"] == 90
+    if method == "full":
+        assert s["rounds"] == 0 and s["physical_length_pruned_layers"] == 90
+    else:
+        assert s["rounds"] >= 2 and 32 <= s["physical_length_pruned_layers"] < 32 + 16 + 8
+
+
+def _kept_positions(model, policy, budget=24, interval=8, n=41, **cfg):
+    torch.manual_seed(1)
+    ids = torch.randint(3, 128, (1, n))
+    cache = TriAttentionCache(model, TriAttentionConfig(budget=budget, interval=interval, **cfg), policy=policy)
+    with torch.no_grad():
+        for t in range(n):
+            model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+    layer = cache.layers[0]
+    return cache, layer.pos[:, :, : layer.length], layer
+
+
+def test_streamingllm_keeps_sinks_and_most_recent(model):
+    cache, pos, layer = _kept_positions(model, StreamingLLMPolicy(), sink_tokens=4)
+    # rounds fire when 32 tokens are held; the last one (before token 40) kept 4 sinks + the 20 newest (20..39)
+    expected = list(range(4)) + list(range(20, 41))
+    assert pos[0, 0].tolist() == expected and pos[0, 1].tolist() == expected
+
+
+def test_random_policy_is_seeded(model):
+    _, a, _ = _kept_positions(model, RandomPolicy(seed=3))
+    _, b, _ = _kept_positions(model, RandomPolicy(seed=3))
+    _, c, _ = _kept_positions(model, RandomPolicy(seed=4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_knorm_scores_are_negative_key_norms(model):
+    cache, _, layer = _kept_positions(model, KeyNormPolicy())
+    n = layer.length
+    protected = torch.zeros(1, 2, n, dtype=torch.bool)
+    scores = KeyNormPolicy().layer_scores(cache, 0, protected)
+    assert torch.allclose(scores, -layer.keys[:, :, :n].norm(dim=-1))
+
+
+def test_snapkv_records_query_window_and_scores_by_attention(model):
+    cache, _, layer = _kept_positions(model, SnapKVPolicy(query_window=4, kernel_size=1))
+    assert cache.query_window == 4
+    q, qpos, _ = cache._recent_queries[0]
+    assert q.shape[2] == 4 and qpos[0].tolist() == [37, 38, 39, 40]
+    n = layer.length
+    scores = cache.policy.layer_scores(cache, 0, torch.zeros(1, 2, n, dtype=torch.bool))
+    keys = layer.keys[:, :, :n]
+    logits = torch.einsum("bhwd,bhnd->bhwn", q.view(1, 2, 2 * 4, -1), keys) / keys.shape[-1] ** 0.5
+    causal = layer.pos[:, :, None, :n] <= qpos.repeat(1, 2)[:, None, :, None]
+    attn = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1).mean(2)
+    assert torch.allclose(scores, attn, atol=1e-5)
+    assert torch.allclose(scores.sum(-1), torch.ones(1, 2), atol=1e-4)  # attention rows sum to 1
+    # no query window -> nothing recorded
+    cache2, _, _ = _kept_positions(model, KeyNormPolicy())
+    assert cache2.query_window == 0 and not cache2._recent_queries
+
+
+def test_chunked_streaming_equals_token_by_token(model):
+    torch.manual_seed(2)
+    ids = torch.randint(3, 128, (73,))
+    results = []
+    for chunk in (1, 8):
+        runs = {m: build_cache(model, m, 16, 8) for m in ("triattention-online", "snapkv", "streamingllm")}
+        results.append(stream_quality(model, ids, runs, chunk=chunk, progress=False))
+    for m in ("triattention-online", "snapkv", "streamingllm"):
+        for k in ("kl", "nll", "agree"):
+            assert torch.allclose(results[0][m][k], results[1][m][k], atol=1e-4), (m, k)
+        assert results[0]["_summary"][m]["rounds"] == results[1]["_summary"][m]["rounds"] >= 5
+    with pytest.raises(ValueError, match="must divide"):
+        stream_quality(model, ids, {"x": build_cache(model, "random", 20, 8)}, chunk=8, progress=False)
+
+
+def test_full_method_matches_reference_exactly(model):
+    ids = torch.randint(3, 128, (40,))
+    res = stream_quality(model, ids, {"full": build_cache(model, "full", 16, 8)}, chunk=8, progress=False)
+    assert float(res["full"]["kl"].max()) < 1e-6 and float(res["full"]["agree"].min()) == 1.0
+
+
+def test_ablation_policies_change_scores(model):
+    cache, _, layer = _kept_positions(model, make_policy("triattention")[0])
+    n = layer.length
+    prot = torch.zeros(1, 2, n, dtype=torch.bool)
+    base = make_policy("triattention")[0].layer_scores(cache, 0, prot)
+    for name in ("tri-no-norm", "tri-linear"):
+        other = make_policy(name)[0].layer_scores(cache, 0, prot)
+        assert other.shape == base.shape and torch.isfinite(other).all() and not torch.allclose(other, base)
+    with pytest.raises(ValueError):
+        make_policy("nope")
