@@ -348,10 +348,12 @@ def cmd_bench(args):
         print(f"{label:24s} {runs[-1]['mean_tokens_per_s']:7.1f} tok/s  rounds {rows[-1]['rounds']:4d}  "
               f"round time {100 * share:5.2f}% of decode  KV used at {rows[-1]['logical_length']} tokens: "
               f"{rows[-1]['kv_bytes_used'] / 2 ** 20:.2f} MiB")
-    result = {"kind": "bench", "model": name, "device": args.device, "interval": args.interval,
-              "max_new_tokens": args.max_new_tokens, "runs": runs, "env": _env()}
-    flat = [{"label": r["label"], **row} for r in runs for row in r["rows"]]
-    path = _write_results(result, args.out, args.name or f"bench_{args.max_new_tokens}", flat)
+        result = {"kind": "bench", "model": name, "device": args.device, "interval": args.interval,
+                  "max_new_tokens": args.max_new_tokens, "prompt_tokens": int(prompt.numel()), "runs": runs,
+                  "env": _env()}
+        flat = [{"label": r["label"], **row} for r in runs for row in r["rows"]]
+        # written after every configuration, so an interrupted long run keeps what it measured
+        path = _write_results(result, args.out, args.name or f"bench_{args.max_new_tokens}", flat)
     print(f"wrote {path}")
     if not args.no_plot:
         from .evaluation.plots import plot_bench
