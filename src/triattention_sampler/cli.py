@@ -217,6 +217,48 @@ def _default_calibration(args, model, tok):
     return CalibrationStats.load(path), path
 
 
+def cmd_needle(args, methods, budgets):
+    from .evaluation.data import DataUnavailable, load_text
+    from .evaluation.needle import run_needle
+    from .evaluation.quality import build_cache
+    from .rope_spec import describe_model
+
+    try:
+        text = load_text("paulgraham")
+    except DataUnavailable as err:
+        raise CLIError(str(err)) from None
+    depths = [float(d) for d in args.depths.split(",")]
+    if any(not 0 <= d <= 1 for d in depths):
+        raise CLIError("--depths must be fractions in [0, 1]")
+    _threads(args)
+    model, tok, name = _load_model(args)
+    calibration, calib_path = _default_calibration(args, model, tok)
+    info = describe_model(model)
+    text_ids = tok(text, add_special_tokens=False)["input_ids"]
+
+    def make_runs():
+        runs = {"full": build_cache(model, "full", 1, args.interval, model_info=info)}
+        for b in budgets:
+            for m in methods:
+                runs[f"{m}@{b}"] = build_cache(model, m, b, args.interval, calibration=calibration,
+                                               model_info=info, seed=args.seed)
+        return runs
+
+    rows = run_needle(model, tok, text_ids, make_runs, haystack_tokens=args.tokens, depths=depths,
+                      seed=args.seed, chunk=args.chunk)
+    result = {"kind": "needle", "model": name, "haystack_tokens": args.tokens, "depths": depths,
+              "budgets": budgets, "methods": methods, "interval": args.interval, "calibration": calib_path,
+              "rows": rows, "env": _env()}
+    path = _write_results(result, args.out, args.name or f"needle_{args.tokens}", rows)
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    print(f"\n| method@budget | " + " | ".join(f"depth {d}" for d in depths) + " | mean digit acc |")
+    print("|---" * (len(depths) + 2) + "|")
+    for label in labels:
+        accs = [r["digit_acc"] for r in rows if r["label"] == label]
+        print(f"| {label} | " + " | ".join(f"{a:.2f}" for a in accs) + f" | {sum(accs) / len(accs):.2f} |")
+    print(f"wrote {path}")
+
+
 def cmd_eval(args):
     import torch
 
@@ -231,6 +273,8 @@ def cmd_eval(args):
         _check_config(b, args.interval)
         if b % args.chunk or args.interval % args.chunk:
             raise CLIError(f"--chunk {args.chunk} must divide every budget and the interval ({args.interval})")
+    if args.task == "needle":
+        return cmd_needle(args, methods, budgets)
     if args.text == CALIBRATION_CORPUS and not args.calibration:
         raise CLIError(f"evaluation text {args.text!r} is the calibration corpus: pick another text")
     try:
@@ -433,6 +477,10 @@ def build_parser():
     p = sub.add_parser("eval", help="teacher-forced quality vs the full cache (KL, top-1, NLL)",
                        description="Stream a long text through the decode path with compression active and "
                                    "compare each method/budget with a full-cache run of the same text.")
+    p.add_argument("--task", default="quality", choices=["quality", "needle"],
+                   help="quality: KL/top-1/NLL over a long text; needle: pass-key digits planted in the essays "
+                        "(--tokens = haystack length, --depths)")
+    p.add_argument("--depths", default="0.1,0.5,0.9", help="needle depths (fractions of the haystack)")
     p.add_argument("--text", default="paulgraham", help="paulgraham (default), hamlet, or a text file")
     p.add_argument("--tokens", type=int, default=4096, help="tokens streamed (4096)")
     p.add_argument("--offset", type=int, default=0, help="skip this many tokens of the text first")

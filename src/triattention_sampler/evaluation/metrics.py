@@ -7,13 +7,15 @@ import torch
 def token_metrics(logp_ref: torch.Tensor, logp: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
     """``logp_ref``/``logp`` ``[T, V]`` log-probabilities (full cache / compressed) of the next token,
     ``targets [T]`` the actual next tokens. Returns per-token ``nll`` (compressed), ``nll_ref``,
-    ``kl`` = KL(full || compressed) in nats and ``agree`` (top-1 of both equal, 0/1)."""
+    ``kl`` = KL(full || compressed) in nats, ``agree`` (top-1 of both equal, 0/1) and ``correct``
+    (compressed top-1 equals the actual next token, 0/1)."""
     logp_ref, logp = logp_ref.float(), logp.float()
     nll = -logp.gather(-1, targets[:, None])[:, 0]
     nll_ref = -logp_ref.gather(-1, targets[:, None])[:, 0]
     kl = (logp_ref.exp() * (logp_ref - logp)).sum(-1).clamp_min(0.0)
     agree = (logp_ref.argmax(-1) == logp.argmax(-1)).float()
-    return {"nll": nll, "nll_ref": nll_ref, "kl": kl, "agree": agree}
+    correct = (logp.argmax(-1) == targets).float()
+    return {"nll": nll, "nll_ref": nll_ref, "kl": kl, "agree": agree, "correct": correct}
 
 
 def summarize(per_token: Dict[str, torch.Tensor], start: int = 0) -> Dict[str, float]:

@@ -75,7 +75,7 @@ def stream_quality(model, ids: torch.Tensor, runs: Dict[str, TriAttentionCache],
     device = next(model.parameters()).device
     ids = ids.to(device)
     n = int(ids.numel())
-    out = {label: {k: [] for k in ("nll", "nll_ref", "kl", "agree")} for label in runs}
+    out = {label: {k: [] for k in ("nll", "nll_ref", "kl", "agree", "correct")} for label in runs}
     timing = {label: 0.0 for label in ["full", *runs]}
     spans = feed_schedule(n - 1, chunk)  # the last token is only a target
     for start, end in tqdm(spans, desc=desc, unit="chunk", disable=not progress):
