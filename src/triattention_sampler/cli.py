@@ -365,7 +365,7 @@ def _compare(rows, path):
 
 # -- bench -----------------------------------------------------------------------------------------------------
 def cmd_bench(args):
-    from .evaluation.bench import decode_bench
+    from .evaluation.bench import decode_bench, sampled_decode_bench
     from .evaluation.quality import build_cache
 
     budgets = [int(b) for b in args.budgets.split(",") if b]
@@ -376,28 +376,41 @@ def cmd_bench(args):
     _threads(args)
     model, tok, name = _load_model(args)
     prompt = tok(args.prompt, return_tensors="pt")["input_ids"][0]
+    lengths = [int(x) for x in args.lengths.split(",") if x] if args.max_new_tokens is None else []
+    filler = None
+    if lengths:
+        from .evaluation.data import DataUnavailable, load_text
+
+        try:
+            filler = tok(load_text("paulgraham"), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+        except DataUnavailable as err:
+            raise CLIError(str(err)) from None
     runs = []
     configs = ([("full", None)] if not args.no_full else []) + [(args.method, b) for b in budgets]
     for method, budget in configs:
         label = "full cache" if method == "full" else f"{method} B={budget}"
         cache = build_cache(model, method, budget or 1, args.interval, calibration=calibration)
-        rows = decode_bench(model, prompt, cache, max_new_tokens=args.max_new_tokens, every=args.every, desc=label)
-        total_s = sum(r["generated"] for r in rows[:1]) and sum(
-            (r["generated"] - (rows[i - 1]["generated"] if i else 0)) * r["ms_per_token"] for i, r in enumerate(rows))
-        share = sum(r["compact_share"] * (r["generated"] - (rows[i - 1]["generated"] if i else 0)) * r["ms_per_token"]
-                    for i, r in enumerate(rows)) / total_s
+        if lengths:
+            rows = sampled_decode_bench(model, filler, cache, lengths=lengths, window=args.window,
+                                        chunk=args.interval, desc=label)
+        else:
+            rows = decode_bench(model, prompt, cache, max_new_tokens=args.max_new_tokens, every=args.every,
+                                desc=label)
+        steps = [r["generated"] - (rows[i - 1]["generated"] if i else 0) for i, r in enumerate(rows)]
+        total_s = sum(n * r["ms_per_token"] / 1000 for n, r in zip(steps, rows))
+        share = sum(r["compact_share"] * n * r["ms_per_token"] / 1000 for n, r in zip(steps, rows)) / total_s
         runs.append({"label": label, "method": method, "budget": budget, "rows": rows,
-                     "mean_tokens_per_s": 1000 * args.max_new_tokens / total_s, "compact_share": share,
+                     "mean_tokens_per_s": sum(steps) / total_s, "compact_share": share,
                      "final_kv_bytes_used": rows[-1]["kv_bytes_used"]})
         print(f"{label:24s} {runs[-1]['mean_tokens_per_s']:7.1f} tok/s  rounds {rows[-1]['rounds']:4d}  "
               f"round time {100 * share:5.2f}% of decode  KV used at {rows[-1]['logical_length']} tokens: "
               f"{rows[-1]['kv_bytes_used'] / 2 ** 20:.2f} MiB")
         result = {"kind": "bench", "model": name, "device": args.device, "interval": args.interval,
-                  "max_new_tokens": args.max_new_tokens, "prompt_tokens": int(prompt.numel()), "runs": runs,
+                  "max_new_tokens": args.max_new_tokens, "lengths": lengths, "window": args.window, "prompt_tokens": int(prompt.numel()), "runs": runs,
                   "env": _env()}
         flat = [{"label": r["label"], **row} for r in runs for row in r["rows"]]
         # written after every configuration, so an interrupted long run keeps what it measured
-        path = _write_results(result, args.out, args.name or f"bench_{args.max_new_tokens}", flat)
+        path = _write_results(result, args.out, args.name or f"bench_{max(lengths or [args.max_new_tokens])}", flat)
     print(f"wrote {path}")
     if not args.no_plot:
         from .evaluation.plots import plot_bench
@@ -508,8 +521,13 @@ def build_parser():
     p.add_argument("--interval", type=int, default=64)
     p.add_argument("--method", default="triattention")
     p.add_argument("--calibration")
-    p.add_argument("--max-new-tokens", type=int, default=16384)
-    p.add_argument("--every", type=int, default=512, help="measurement window (tokens)")
+    p.add_argument("--lengths", default="1024,2048,4096,8192,16384",
+                   help="sequence lengths to measure at: the text is fed in interval-sized chunks up to "
+                        "L - window, then --window tokens are decoded one per forward and timed")
+    p.add_argument("--window", type=int, default=256, help="decoded tokens timed at each length (256)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="instead: decode every token from the prompt up to this many (slow on CPU)")
+    p.add_argument("--every", type=int, default=512, help="measurement window with --max-new-tokens")
     p.add_argument("--prompt", default="Write a very long story about a lighthouse keeper.")
     p.add_argument("--no-full", action="store_true", help="skip the full-cache run")
     p.add_argument("--out", default="results")
@@ -527,7 +545,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for name in ("budget", "interval", "max_new_tokens", "tokens", "chunk", "max_tokens", "every"):
+    for name in ("budget", "interval", "max_new_tokens", "tokens", "chunk", "max_tokens", "every", "window"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             print(f"triattention {args.command}: error: --{name.replace('_', '-')} must be >= 1, got {value}",

@@ -37,3 +37,40 @@ def decode_bench(model, prompt_ids: torch.Tensor, cache, *, max_new_tokens: int,
             t_window, c_window = time.perf_counter(), cache.compact_seconds
     bar.close()
     return rows
+
+
+@torch.no_grad()
+def sampled_decode_bench(model, filler_ids: torch.Tensor, cache, *, lengths, window: int = 256, chunk: int = 64,
+                         progress: bool = True, desc: str = "bench") -> List[Dict[str, float]]:
+    """Decode speed and KV bytes at several sequence lengths without decoding every token in between.
+
+    The sequence is grown with text (``filler_ids``) fed in chunks of ``chunk`` tokens (use the cache's
+    ``interval`` so rounds keep their cadence) up to ``L - window``; then ``window`` tokens are greedily
+    decoded one per forward and timed. Rows as in :func:`decode_bench`, ``generated`` = decoded tokens so far.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    filler_ids = filler_ids.to(device)
+    rows, used, decoded = [], 0, 0
+    logits = None
+    for target in tqdm(sorted(lengths), desc=desc, unit="len", disable=not progress):
+        while cache.get_seq_length() < target - window:
+            if used >= filler_ids.numel():
+                raise ValueError(f"filler text too short for length {target}")
+            n = min(chunk, target - window - cache.get_seq_length(), filler_ids.numel() - used)
+            logits = model(input_ids=filler_ids[None, used:used + n], past_key_values=cache, use_cache=True).logits[:, -1]
+            used += n
+        t0, c0 = time.perf_counter(), cache.compact_seconds
+        for _ in range(window):
+            nxt = logits.argmax(-1, keepdim=True)
+            logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits[:, -1]
+        elapsed = time.perf_counter() - t0
+        decoded += window
+        s = cache.summary()
+        rows.append({"generated": decoded, "logical_length": s["logical_length"],
+                     "physical_length": s["physical_length_pruned_layers"], "tokens_per_s": window / elapsed,
+                     "ms_per_token": 1000 * elapsed / window, "compact_share": (cache.compact_seconds - c0) / elapsed,
+                     "rounds": s["rounds"], "kv_bytes_allocated": s["kv_bytes_allocated"],
+                     "kv_bytes_used": s["kv_bytes_used"]})
+    return rows
