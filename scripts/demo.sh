@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 exec .venv/bin/triattention generate \
-  --prompt "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle." \
+  "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle." \
   --budget 256 --interval 64 --max-new-tokens 1500 "$@"
