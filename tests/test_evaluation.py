@@ -141,3 +141,44 @@ def test_ablation_policies_change_scores(model):
         assert other.shape == base.shape and torch.isfinite(other).all() and not torch.allclose(other, base)
     with pytest.raises(ValueError):
         make_policy("nope")
+
+
+class CharTokenizer:
+    """One id per printable ASCII character (ids 3..97), enough for the tiny model's vocabulary of 128."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) - 29 if 32 <= ord(c) < 127 else 3 for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(i + 29) for i in ids)
+
+
+def test_needle_positions_point_at_the_key_digits(model):
+    from triattention_sampler.evaluation.needle import build_needle, run_needle
+
+    tok = CharTokenizer()
+    hay = tok("lorem ipsum dolor sit amet " * 4)["input_ids"]
+    ids, where = build_needle(tok, hay, 0.5, "123456")
+    assert tok.decode([ids[t + 1].item() for t in where]) == "123456"
+    rows = run_needle(model, tok, hay * 2, lambda: {"full": build_cache(model, "full", 1, 8),
+                                                   "streamingllm@16": build_cache(model, "streamingllm", 16, 8)},
+                      haystack_tokens=150, depths=[0.2], chunk=8, offset=0)
+    assert {r["label"] for r in rows} == {"full", "streamingllm@16"}
+    assert all(0.0 <= r["digit_acc"] <= 1.0 for r in rows)
+
+
+def test_bench_rows_track_lengths_and_flat_kv_bytes(model):
+    from triattention_sampler.evaluation.bench import decode_bench, sampled_decode_bench
+
+    filler = torch.randint(3, 128, (400,))
+    full = sampled_decode_bench(model, filler, build_cache(model, "full", 1, 8), lengths=[100, 200], window=16,
+                                chunk=8, progress=False)
+    pruned = sampled_decode_bench(model, filler, build_cache(model, "triattention", 32, 8), lengths=[100, 200],
+                                  window=16, chunk=8, progress=False)
+    assert [r["logical_length"] for r in full] == [100, 200] == [r["logical_length"] for r in pruned]
+    assert full[1]["kv_bytes_used"] == 2 * full[0]["kv_bytes_used"]
+    assert pruned[0]["kv_bytes_used"] == pruned[1]["kv_bytes_used"] and pruned[1]["rounds"] > pruned[0]["rounds"]
+    assert all(0 <= r["compact_share"] < 1 and r["tokens_per_s"] > 0 for r in pruned)
+    rows = decode_bench(model, filler[:5], build_cache(model, "streamingllm", 16, 8), max_new_tokens=40, every=20,
+                        progress=False)
+    assert [r["generated"] for r in rows] == [20, 40] and rows[-1]["physical_length"] <= 16 + 8
