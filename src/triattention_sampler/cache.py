@@ -190,8 +190,9 @@ class TriAttentionCache(Cache):
             if model is None:
                 raise ValueError("TriAttentionCache needs the model (or model_info)")
             model_info = describe_model(model)
-        if not model_info.pruned_layers:
-            raise ValueError(f"model type {model_info.model_type!r} has no layer TriAttention can prune")
+        if not model_info.pruned_layers:  # e.g. Mistral with a sliding window on every layer
+            logger.warning("model type %r has no layer TriAttention can prune (%s): the cache keeps every token",
+                           model_info.model_type, "; ".join(sorted(set(model_info.unpruned_reasons.values()))))
         self.config, self.info = config, model_info
         self.ops = ops if ops is not None else load_ops()
         self.policy = policy if policy is not None else TriAttentionPolicy()
@@ -203,7 +204,7 @@ class TriAttentionCache(Cache):
         slack = config.budget + config.interval + 1
         layers = [TriAttentionLayer(p, slack if p.prunable else None) for p in model_info.plans]
         super().__init__(layers=layers)
-        self.first_pruned = model_info.pruned_layers[0]
+        self.first_pruned = model_info.pruned_layers[0] if model_info.pruned_layers else None
         self.rounds = 0
         self.tokens_evicted = 0
         self.compact_seconds = 0.0  # wall time spent in rounds (benchmarks)
@@ -268,6 +269,7 @@ class TriAttentionCache(Cache):
             "physical_lengths": self.physical_lengths(),
             "pruned_layers": len(pruned),
             "unpruned_layers": len(self.layers) - len(pruned),
+            "unpruned_reasons": self.info.unpruned_reasons,  # layer -> why it is kept whole (window, NoPE)
             "rounds": self.rounds,
             "tokens_evicted": self.tokens_evicted,
             "kv_bytes_allocated": self.nbytes(),
@@ -326,6 +328,8 @@ class TriAttentionCache(Cache):
 
     # -- compaction ------------------------------------------------------------------------------------------
     def _maybe_compact(self) -> None:
+        if self.first_pruned is None:
+            return
         layer = self.layers[self.first_pruned]
         if not layer.is_initialized or layer.cumulative_length == self._checked_at:
             return
