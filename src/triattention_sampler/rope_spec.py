@@ -383,6 +383,10 @@ def plan_layers(model, head_dim: int) -> List[LayerPlan]:
     model_type = str(getattr(config, "model_type", "?"))
     _check_model_kind(model)
     _check_supported(config)
+    if not any(n.endswith("inv_freq") or n.endswith("rotary_emb") for n, _ in model.named_modules()) and not any(
+            n.endswith("inv_freq") for n, _ in model.named_buffers()):
+        raise UnsupportedModelError(f"model type {model_type!r} has no rotary position embedding (absolute, "
+                                    "learned or no positions): TriAttention scores keys by their RoPE phases")
     rotary_model = None
     attentions = decoder_attention_modules(model)
     layer_types = getattr(config, "layer_types", None)
