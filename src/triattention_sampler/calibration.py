@@ -91,6 +91,12 @@ class CalibrationStats:
         if scale not in (None, "") and not math.isclose(float(scale), rope.scale, rel_tol=1e-5):
             raise CalibrationMismatchError(
                 f"calibration file was made with RoPE attention scaling {scale}, the model uses {rope.scale}")
+        pruned = meta.get("pruned_layers")
+        if pruned not in (None, "") and [int(i) for i in (json.loads(pruned) if isinstance(pruned, str) else pruned)] \
+                != info.pruned_layers:
+            raise CalibrationMismatchError(
+                f"calibration file was made with pruned layers {pruned}, the model prunes {info.pruned_layers} "
+                "(sliding-window / NoPE layers differ)")
         for name in STAT_NAMES[:3]:
             t = getattr(self, name)
             if not torch.isfinite(t).all():
