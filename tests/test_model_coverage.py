@@ -247,3 +247,23 @@ def test_d_unsupported_models_are_refused_by_name_and_reason(name):
     assert isinstance(err.value, ValueError)
     _RESULTS[name] = {"model_type": getattr(model.config.get_text_config(), "model_type", "?"),
                       "refused": str(err.value), "checks": {"refused": "pass"}}
+
+
+@pytest.mark.parametrize("family", ["glm", "smollm3-nope-layers"])
+def test_calibration_files_record_and_check_the_probed_facts(family):
+    from triattention_sampler.calibration import CalibrationMismatchError, model_metadata
+
+    model = build(family)
+    info = describe_model(model)
+    f = info.rope.freq_count
+    meta = model_metadata(info)
+    assert meta["rope_style"] == FAMILIES[family][2]["style"] and meta["rotary_dim"] == FAMILIES[family][2]["rotary"]
+    stats = ts.CalibrationStats(torch.ones(2, 4, f), torch.zeros(2, 4, f), torch.full((2, 4, f), 2.0),
+                                torch.zeros(2, 4, info.head_dim - info.rope.rotary_dim), dict(meta))
+    ts.TriAttentionCache(model, calibration=stats, budget=16)  # its own facts load
+    other_style = "half" if meta["rope_style"] == "interleaved" else "interleaved"
+    for key, wrong in (("rope_style", other_style), ("pruned_layers", "[0, 1, 2]"), ("rope_scale", 2.0)):
+        bad = ts.CalibrationStats(stats.q_mean_real, stats.q_mean_imag, stats.q_abs_mean, stats.q_pass_mean,
+                                  {**meta, key: wrong})
+        with pytest.raises(CalibrationMismatchError):
+            ts.TriAttentionCache(model, calibration=bad, budget=16)
