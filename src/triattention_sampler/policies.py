@@ -12,18 +12,26 @@ class TriAttentionPolicy:
 
     name = "triattention"
 
+    def future_offsets(self, cache, device) -> torch.Tensor:
+        """Future distances a key is scored at (paper: 1, 2, 4, ..., offset_max_length)."""
+        return cache.ops.build_geometric_offsets(cache.config.offset_max_length, device)
+
+    def adjust_weights(self, trig_weights: torch.Tensor, norm_weights: torch.Tensor):
+        """Hook for ablations that change the per-round weights."""
+        return trig_weights, norm_weights
+
     def layer_scores(self, cache, idx: int, protected: torch.Tensor) -> torch.Tensor:
         cfg, ops, layer = cache.config, cache.ops, cache.layers[idx]
         rope, n = layer.plan.rope, layer.length
         keys = layer.keys[:, :, :n]
         stats = cache._stats_for(idx, keys.device)
-        offsets = ops.build_geometric_offsets(cfg.offset_max_length, keys.device)
-        w, c = ops.round_weights(
+        offsets = self.future_offsets(cache, keys.device)
+        w, c = self.adjust_weights(*ops.round_weights(
             stats["q_mean_real"], stats["q_mean_imag"], stats["q_abs_mean"], rope.omega.to(keys.device),
             layer.next_pos, offsets, head_dim=rope.head_dim, style=rope.style, rotary_dim=rope.rotary_dim,
             aggregation=cfg.aggregation, freq_scale_sq=rope.freq_scale_sq(keys.device),
             q_pass_mean=stats.get("q_pass_mean"), disable_mlr=cfg.disable_mlr, disable_trig=cfg.disable_trig,
-        )
+        ))
         scores = ops.score_post_rope_keys(keys, w, c, style=rope.style, rotary_dim=rope.rotary_dim)
         candidates = layer.valid[:, :, :n] & ~protected
         if cfg.normalize_scores:
@@ -155,35 +163,15 @@ class TriAttentionAblationPolicy(TriAttentionPolicy):
             raise ValueError(f"offsets must be 'geometric' or 'linear', got {offsets!r}")
         self.disable_norm, self.offsets = disable_norm, offsets
 
-    def layer_scores(self, cache, idx, protected):
-        if not self.disable_norm and self.offsets == "geometric":
-            return super().layer_scores(cache, idx, protected)
-        cfg, ops, layer = cache.config, cache.ops, cache.layers[idx]
-        if self.offsets == "linear" and cfg.aggregation != "mean":
+    def future_offsets(self, cache, device):
+        if self.offsets == "geometric":
+            return super().future_offsets(cache, device)
+        if cache.config.aggregation != "mean":
             raise ValueError("linear offsets need aggregation='mean'")
-        rope, n = layer.plan.rope, layer.length
-        keys = layer.keys[:, :, :n]
-        stats = cache._stats_for(idx, keys.device)
-        if self.offsets == "linear":
-            offsets = torch.arange(1, cfg.offset_max_length + 1, device=keys.device, dtype=torch.float32)
-        else:
-            offsets = ops.build_geometric_offsets(cfg.offset_max_length, keys.device)
-        w, c = ops.round_weights(
-            stats["q_mean_real"], stats["q_mean_imag"], stats["q_abs_mean"], rope.omega.to(keys.device),
-            layer.next_pos, offsets, head_dim=rope.head_dim, style=rope.style, rotary_dim=rope.rotary_dim,
-            aggregation=cfg.aggregation, freq_scale_sq=rope.freq_scale_sq(keys.device),
-            q_pass_mean=stats.get("q_pass_mean"), disable_mlr=cfg.disable_mlr, disable_trig=cfg.disable_trig,
-        )
-        if self.disable_norm:
-            c = torch.zeros_like(c)
-        scores = ops.score_post_rope_keys(keys, w, c, style=rope.style, rotary_dim=rope.rotary_dim)
-        candidates = layer.valid[:, :, :n] & ~protected
-        if cfg.normalize_scores:
-            return ops.reduce_query_heads(scores, candidates, group_aggregation=cfg.group_aggregation)
-        b, hkv = keys.shape[:2]
-        grouped = scores.view(b, hkv, -1, n)
-        reduced = grouped.amax(2) if cfg.group_aggregation == "max" else grouped.mean(2)
-        return reduced.masked_fill(~candidates, float("-inf"))
+        return torch.arange(1, cache.config.offset_max_length + 1, device=device, dtype=torch.float32)
+
+    def adjust_weights(self, trig_weights, norm_weights):
+        return trig_weights, (torch.zeros_like(norm_weights) if self.disable_norm else norm_weights)
 
 
 # name -> (policy factory, config overrides the method implies)
