@@ -9,6 +9,7 @@ from .config import TriAttentionConfig, preset
 from .generate import generate
 from .kernel_loading import load_ops
 from .models import load_smollm2
+from .policies import TriAttentionPolicy, make_policy
 from .rope_spec import UnsupportedModelError, describe_model
 
 register()
@@ -17,6 +18,8 @@ __all__ = [
     "TriAttentionCache",
     "TriAttentionLayer",
     "TriAttentionConfig",
+    "TriAttentionPolicy",
+    "make_policy",
     "CalibrationStats",
     "CalibrationMismatchError",
     "UnsupportedModelError",

@@ -208,8 +208,11 @@ class TriAttentionCache(Cache):
         self.rounds = 0
         self.tokens_evicted = 0
         self.compact_seconds = 0.0  # wall time spent in rounds (benchmarks)
+        self.score_seconds = 0.0  # the scoring part of it (policy scores + layer combination)
         self.prompt_lengths: Optional[torch.Tensor] = None  # [B] real prompt tokens per row
-        self._online: Optional[Dict[int, "object"]] = None if calibration is not None else {}
+        # Online statistics: without a file, or mixed into it (online_weight > 0).
+        use_online = calibration is None or config.online_weight > 0
+        self._online: Optional[Dict[int, "object"]] = {} if use_online else None
         self._layer_stats: Dict[int, Dict[str, torch.Tensor]] = {}
         self._checked_at = -1
         self._warned_prompt = False
@@ -234,7 +237,7 @@ class TriAttentionCache(Cache):
         """Empty the cache for a new sequence (settings and offline calibration are kept)."""
         super().reset()
         self.rounds = self.tokens_evicted = 0
-        self.compact_seconds = 0.0
+        self.compact_seconds = self.score_seconds = 0.0
         self.prompt_lengths = self._row_rounds = None
         self._checked_at, self._online_frozen = -1, False
         self._recent_queries.clear()
@@ -275,14 +278,28 @@ class TriAttentionCache(Cache):
             "kv_bytes_allocated": self.nbytes(),
             "kv_bytes_used": self.used_nbytes(),
             "compact_seconds": self.compact_seconds,
-            "calibration": "offline" if self.calibration is not None else "online",
+            "score_seconds": self.score_seconds,
+            "scored_layers": len(self.scored_layers()),
+            "calibration": self._calibration_kind(),
         }
+
+    def _calibration_kind(self) -> str:
+        if self.calibration is None:
+            kind = "online"
+        elif self._online is None:
+            return "offline"
+        else:
+            kind = f"offline+online(weight {self.config.online_weight:g})"
+        if self.config.online_refresh:
+            kind += f", refreshed (decay {self.config.online_decay:g})"
+        return kind
 
     # -- online calibration -------------------------------------------------------------------------------
     @property
     def collecting(self) -> bool:
         """True while online statistics are gathered: each row's queries from its prompt until its first
-        round (per row, so a batched row gets the statistics it would get alone)."""
+        round (per row, so a batched row gets the statistics it would get alone), or every query with
+        ``online_refresh``."""
         return self._online is not None and not self._online_frozen
 
     def record_queries(self, layer_idx: int, query: torch.Tensor, pos: torch.Tensor, scaling) -> None:
@@ -306,23 +323,27 @@ class TriAttentionCache(Cache):
             stats = QueryFrequencyStats(queries_pre_rope.shape[0], 1, self.info.num_heads, self.info.head_dim,
                                         rope.rotary_dim, style=rope.style, device=queries_pre_rope.device)
             self._online[layer_idx] = stats
-        if self._row_rounds is not None:
+        if self._row_rounds is not None and not self.config.online_refresh:
             weights = weights * (self._row_rounds.to(weights.device) == 0)[:, None]
         stats.update(0, queries_pre_rope, weights)
 
     def _stats_for(self, layer_idx: int, device: torch.device) -> Dict[str, torch.Tensor]:
         cached = self._layer_stats.get(layer_idx)
         if cached is None:
-            if self.calibration is not None:
-                cached = {k: v.to(device) for k, v in self.calibration.layer(layer_idx).items()}
+            stats = self._online.get(layer_idx) if self._online is not None else None
+            if stats is None and self.calibration is None:
+                raise RuntimeError(
+                    "online calibration saw no queries: use attn_implementation='triattention' "
+                    "(model.set_attn_implementation('triattention')) or pass a calibration file"
+                )
+            online = {k: v[:, 0].to(device) for k, v in stats.means().items()} if stats is not None else None
+            if self.calibration is None:
+                cached = online  # [B, Hq, F]
             else:
-                stats = self._online.get(layer_idx)
-                if stats is None:
-                    raise RuntimeError(
-                        "online calibration saw no queries: use attn_implementation='triattention' "
-                        "(model.set_attn_implementation('triattention')) or pass a calibration file"
-                    )
-                cached = {k: v[:, 0].to(device) for k, v in stats.means().items()}  # [B, Hq, F]
+                cached = {k: v.to(device) for k, v in self.calibration.layer(layer_idx).items()}  # [Hq, F]
+                w = self.config.online_weight
+                if online is not None and w > 0:  # means of two samples: a weighted mean is again a mean
+                    cached = {k: (1.0 - w) * cached[k] + w * online[k] for k in cached}
             self._layer_stats[layer_idx] = cached
         return cached
 
@@ -368,16 +389,23 @@ class TriAttentionCache(Cache):
         keep_real = torch.where(trigger, torch.full_like(real, cfg.budget), real)
         out_len = int(keep_real.max())
         pruned = self.info.pruned_layers
-        protected = {i: self._protected(self.layers[i], self.layers[i].length) for i in pruned}
-        per_layer = ops.combine_layers([self.policy.layer_scores(self, i, protected[i]) for i in pruned],
-                                       cfg.granularity)
         shared = cfg.granularity != "per_layer_head"  # one keep set for every layer (identical layouts)
+        protected = {i: self._protected(self.layers[i], self.layers[i].length) for i in pruned}
+        started = time.perf_counter()
+        scored = self.scored_layers()
+        raw = [self.policy.layer_scores(self, i, protected[i]) for i in scored]
+        extra = {} if cfg.layer_aggregation == "mean" else {"layer_aggregation": cfg.layer_aggregation}
+        combined = ops.combine_layers(raw, cfg.granularity, **extra)
+        per_layer = [combined[0]] * len(pruned) if shared else combined
+        self.score_seconds += time.perf_counter() - started
         selection = None
         for i, scores in zip(pruned, per_layer):
             layer = self.layers[i]
             dev = layer.keys.device
             if selection is None or not shared:
                 n = layer.length
+                if cfg.position_segments > 1:
+                    scores = _segment_quota_scores(ops)(scores, layer.pos[:, :, :n], cfg.position_segments)
                 selection = ops.select_keep_indices(
                     scores, layer.valid[:, :, :n], keep_real.to(scores.device), out_len, protected[i])
             idx, keep_valid = (t.to(dev) for t in selection)
@@ -390,9 +418,24 @@ class TriAttentionCache(Cache):
         self.rounds += 1
         self.tokens_evicted += int((real - keep_real).sum())
         self._row_rounds += trigger.to(self._row_rounds.device).long()
-        if self._online is not None and bool((self._row_rounds > 0).all()):
+        if self._online is not None and not cfg.online_refresh and bool((self._row_rounds > 0).all()):
             self._online_frozen = True
+        if self._online is not None and cfg.online_decay < 1.0:  # older queries fade (online_refresh)
+            for stats in self._online.values():
+                stats.scale_(cfg.online_decay)
+
+    def scored_layers(self) -> List[int]:
+        """Pruned layers whose scores decide a round (every ``score_layer_stride``-th, from ``stride // 2``)."""
+        stride = self.config.score_layer_stride
+        return list(self.info.pruned_layers[stride // 2::stride]) or list(self.info.pruned_layers[:1])
 
     def _refresh_online_stats(self) -> None:
         if self._online is not None and not self._online_frozen:
             self._layer_stats.clear()  # some row is still collecting: recompute from the current sums
+
+
+def _segment_quota_scores(ops):
+    fn = getattr(ops, "segment_quota_scores", None)
+    if fn is None:  # a Hub build older than this option: the pure-torch function is the same math
+        from triattention.selection import segment_quota_scores as fn
+    return fn

@@ -20,17 +20,17 @@ class CLIError(Exception):
     """Bad input: reported as one line, exit code 2."""
 
 
-def _method_names():
-    from .policies import METHODS
+def _check_methods(methods, budget=256, interval=64):
+    """Method specs (``name`` or ``name[key=value,...]``) must name a method and valid settings."""
+    from .config import TriAttentionConfig
+    from .policies import make_policy
 
-    return [*METHODS, "triattention-online"]
-
-
-def _check_methods(methods):
-    known = _method_names()
     for m in methods:
-        if m not in known:
-            raise CLIError(f"unknown method {m!r}; choose from {', '.join(known)}")
+        try:
+            _, overrides = make_policy(m)
+            TriAttentionConfig(**{"budget": budget, "interval": interval, **overrides})
+        except (ValueError, TypeError) as err:
+            raise CLIError(str(err).split("\n")[0]) from None
 
 
 def _check_config(budget, interval, **kw):
@@ -119,8 +119,21 @@ def _env():
 
 
 def _config_kwargs(args):
-    return dict(sink_tokens=args.sink_tokens, recent_window=args.recent_window, pin_prompt=not args.no_pin_prompt,
-                granularity=args.granularity, aggregation=args.aggregation)
+    """Config fields the user set on the command line (flags and ``--set key=value``)."""
+    from .config import TriAttentionConfig
+    from .policies import _parse_value
+
+    kw = {k: getattr(args, k) for k in ("sink_tokens", "recent_window", "granularity", "aggregation")
+          if getattr(args, k, None) is not None}
+    if getattr(args, "no_pin_prompt", False):
+        kw["pin_prompt"] = False
+    fields = TriAttentionConfig.__dataclass_fields__
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in fields:
+            raise CLIError(f"--set {item!r}: expected key=value with key one of {', '.join(sorted(fields))}")
+        kw[key.strip()] = _parse_value(value)
+    return kw
 
 
 # -- calibrate -------------------------------------------------------------------------------------------------
@@ -151,9 +164,9 @@ def cmd_generate(args):
     import torch
 
     from .attention import use_triattention_attention
-    from .evaluation.quality import build_cache
+    from .evaluation.quality import build_cache, uses_calibration
 
-    _check_methods([args.method])
+    _check_methods([args.method], args.budget, args.interval)
     _check_config(args.budget, args.interval, **_config_kwargs(args))
     if args.prompt_file:
         _check_file(args.prompt_file, "prompt file")
@@ -193,7 +206,7 @@ def cmd_generate(args):
     print(f"--- cache: logical {s['logical_length']} tokens, physical {s['physical_length_pruned_layers']} "
           f"slots per pruned layer, {s['rounds']} rounds, {s['tokens_evicted']} evicted, "
           f"{s['kv_bytes_used'] / 2 ** 20:.2f} MiB used / {s['kv_bytes_allocated'] / 2 ** 20:.2f} MiB allocated, "
-          f"calibration {s['calibration'] if args.method.startswith('tri') else 'n/a'}", file=sys.stderr)
+          f"calibration {s['calibration'] if uses_calibration(args.method) else 'n/a'}", file=sys.stderr)
 
 
 # -- eval ------------------------------------------------------------------------------------------------------
@@ -264,13 +277,14 @@ def cmd_eval(args):
 
     from .evaluation.data import CALIBRATION_CORPUS, DataUnavailable, load_text
     from .evaluation.metrics import summarize
-    from .evaluation.quality import build_cache, stream_quality
+    from .evaluation.quality import build_cache, stream_quality, uses_calibration
+    from .policies import split_methods
 
-    methods = [m for m in args.methods.split(",") if m]
-    _check_methods(methods)
+    methods = split_methods(args.methods)
     budgets = [int(b) for b in args.budgets.split(",")]
     for b in budgets:
         _check_config(b, args.interval)
+        _check_methods(methods, b, args.interval)
         if b % args.chunk or args.interval % args.chunk:
             raise CLIError(f"--chunk {args.chunk} must divide every budget and the interval ({args.interval})")
     if args.task == "needle":
@@ -290,7 +304,7 @@ def cmd_eval(args):
         raise CLIError(f"text {args.text!r} has {ids.numel()} tokens, fewer than --tokens {args.tokens} + 1")
     ids = ids[: args.tokens + 1]
     calibration, calib_path = (None, None)
-    if any(m != "triattention-online" and (m == "triattention" or m.startswith("tri-")) for m in methods):
+    if any(uses_calibration(m) and not m.startswith("triattention-online") for m in methods):
         calibration, calib_path = _default_calibration(args, model, tok)
     from .rope_spec import describe_model
 
@@ -300,9 +314,8 @@ def cmd_eval(args):
     for budget in budgets:
         runs = {}
         for m in methods:
-            online = m == "triattention-online"
-            runs[m] = build_cache(model, m, budget, args.interval,
-                                  calibration=None if online else calibration, model_info=info, seed=args.seed)
+            runs[m] = build_cache(model, m, budget, args.interval, calibration=calibration, model_info=info,
+                                  seed=args.seed)
         res = stream_quality(model, ids, runs, chunk=args.chunk, desc=f"budget {budget}")
         for m in methods:
             tail, full_text = summarize(res[m], eval_start), summarize(res[m])
@@ -371,7 +384,7 @@ def cmd_bench(args):
     budgets = [int(b) for b in args.budgets.split(",") if b]
     for b in budgets:
         _check_config(b, args.interval)
-    _check_methods([args.method])
+    _check_methods([args.method], budgets[0] if budgets else 256, args.interval)
     calibration = _load_calibration(args.calibration)
     _threads(args)
     model, tok, name = _load_model(args)
@@ -468,7 +481,8 @@ def build_parser():
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("--prompt-file", help="read the prompt from a file")
     p.add_argument("--method", default="triattention", help="triattention (default) or a baseline: "
-                   "full, streamingllm, snapkv, random, knorm, tri-no-trig, tri-no-norm, tri-no-mlr, tri-linear")
+                   "full, streamingllm, snapkv, random, knorm, tri-no-trig, tri-no-norm, tri-no-mlr, tri-linear; "
+                   "settings in brackets: 'snapkv[kernel_size=1,recent_window=32]'")
     p.add_argument("--max-new-tokens", type=int, default=1000)
     p.add_argument("--no-chat", dest="chat", action="store_false", help="do not apply the chat template")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -478,12 +492,14 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     _cache_args(p)
     g = p.add_argument_group("TriAttention settings")
-    g.add_argument("--attn-granularity", dest="granularity", default="per_head",
-                   choices=["per_head", "per_layer_head", "union"])
-    g.add_argument("--aggregation", default="mean", choices=["mean", "max"])
-    g.add_argument("--sink-tokens", type=int, default=0)
-    g.add_argument("--recent-window", type=int, default=0)
+    g.add_argument("--attn-granularity", dest="granularity", choices=["per_head", "per_layer_head", "union"],
+                   help="per_head (default), per_layer_head or union")
+    g.add_argument("--aggregation", choices=["mean", "max"], help="over future offsets (default mean)")
+    g.add_argument("--sink-tokens", type=int, help="first tokens always kept (default 0; streamingllm 4)")
+    g.add_argument("--recent-window", type=int, help="last tokens always kept (default 0)")
     g.add_argument("--no-pin-prompt", action="store_true", help="let prompt tokens be evicted")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any TriAttentionConfig field, e.g. --set score_layer_stride=4 (repeatable)")
     _model_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -499,8 +515,9 @@ def build_parser():
     p.add_argument("--offset", type=int, default=0, help="skip this many tokens of the text first")
     p.add_argument("--budgets", default="128,256,512,1024")
     p.add_argument("--interval", type=int, default=64)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; 'triattention' uses "
-                   "offline calibration (Milton), 'triattention-online' online statistics")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs; "
+                   "'triattention' uses offline calibration (Milton), 'triattention-online' online statistics; "
+                   "settings in brackets, e.g. 'triattention-online[recent_window=32,score_layer_stride=4]'")
     p.add_argument("--calibration", help="offline calibration file (default: Milton, calibrated and cached)")
     p.add_argument("--calibration-tokens", type=int, default=32768)
     p.add_argument("--chunk", type=int, default=32, help="tokens per forward; must divide budgets and interval "

@@ -1,7 +1,7 @@
 """Settings of a TriAttention cache, validated on construction."""
 from dataclasses import asdict, dataclass
 from triattention.reference import AGGREGATIONS
-from triattention.selection import GRANULARITIES, GROUP_AGGREGATIONS
+from triattention.selection import GRANULARITIES, GROUP_AGGREGATIONS, LAYER_AGGREGATIONS
 
 
 @dataclass
@@ -21,6 +21,17 @@ class TriAttentionConfig:
         offset_max_length: largest future offset, offsets are 1, 2, 4, ... (paper: 65536).
         disable_mlr, disable_trig: the paper's ablations.
         normalize_scores: per-query-head z-score before aggregation (paper: on).
+        layer_aggregation: ``mean`` (paper) or ``max`` over layers for the shared granularities.
+        score_layer_stride: score only every ``k``-th pruned layer (``k // 2``, ``k // 2 + k``, ...) and share
+            the decision with all of them; cuts the keys read per round ``k``-fold. Needs a shared
+            granularity (``per_head`` or ``union``).
+        position_segments: ``S > 1`` cuts the candidates' position range into ``S`` equal segments and makes
+            every segment keep the same fraction of its candidates (each by its own score order).
+        online_refresh: online statistics keep absorbing every query (not only the prompt's).
+        online_decay: with ``online_refresh``, older queries' weight is multiplied by this after every round
+            (1.0 = cumulative mean; < 1 follows recent queries).
+        online_weight: with an offline file, weight of the online statistics mixed into it (0 = offline only,
+            1 = online only); online statistics are then collected as without a file.
     """
 
     budget: int = 2048
@@ -35,6 +46,12 @@ class TriAttentionConfig:
     disable_mlr: bool = False
     disable_trig: bool = False
     normalize_scores: bool = True
+    layer_aggregation: str = "mean"
+    score_layer_stride: int = 1
+    position_segments: int = 0
+    online_refresh: bool = False
+    online_decay: float = 1.0
+    online_weight: float = 0.0
 
     def __post_init__(self):
         for name in ("budget", "interval", "offset_max_length"):
@@ -56,6 +73,23 @@ class TriAttentionConfig:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.group_aggregation not in GROUP_AGGREGATIONS:
             raise ValueError(f"group_aggregation must be one of {GROUP_AGGREGATIONS}, got {self.group_aggregation!r}")
+
+        if self.layer_aggregation not in LAYER_AGGREGATIONS:
+            raise ValueError(f"layer_aggregation must be one of {LAYER_AGGREGATIONS}, got {self.layer_aggregation!r}")
+        for name in ("score_layer_stride", "position_segments"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "score_layer_stride" else 0):
+                raise ValueError(f"{name} must be a {'positive' if name == 'score_layer_stride' else 'non-negative'} "
+                                 f"integer, got {value!r}")
+        if self.score_layer_stride > 1 and self.granularity == "per_layer_head":
+            raise ValueError("score_layer_stride > 1 shares one decision across layers: it needs granularity "
+                             "'per_head' or 'union', not 'per_layer_head'")
+        if not 0.0 < float(self.online_decay) <= 1.0:
+            raise ValueError(f"online_decay must be in (0, 1], got {self.online_decay!r}")
+        if not 0.0 <= float(self.online_weight) <= 1.0:
+            raise ValueError(f"online_weight must be in [0, 1], got {self.online_weight!r}")
+        if self.online_decay != 1.0 and not self.online_refresh:
+            raise ValueError("online_decay only acts with online_refresh=True")
 
     def to_dict(self) -> dict:
         return asdict(self)

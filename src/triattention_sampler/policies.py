@@ -174,25 +174,94 @@ class TriAttentionAblationPolicy(TriAttentionPolicy):
         return trig_weights, (torch.zeros_like(norm_weights) if self.disable_norm else norm_weights)
 
 
-# name -> (policy factory, config overrides the method implies)
+# name -> (policy class, policy keyword arguments, config overrides the method implies)
 METHODS = {
-    "full": (FullCachePolicy, {}),
-    "triattention": (TriAttentionPolicy, {}),
-    "streamingllm": (StreamingLLMPolicy, {"sink_tokens": 4}),
-    "random": (RandomPolicy, {}),
-    "knorm": (KeyNormPolicy, {}),
-    "snapkv": (SnapKVPolicy, {}),
-    "tri-no-trig": (TriAttentionPolicy, {"disable_trig": True}),
-    "tri-no-mlr": (TriAttentionPolicy, {"disable_mlr": True}),
-    "tri-no-norm": (lambda: TriAttentionAblationPolicy(disable_norm=True), {}),
-    "tri-linear": (lambda: TriAttentionAblationPolicy(offsets="linear"), {}),
+    "full": (FullCachePolicy, {}, {}),
+    "triattention": (TriAttentionPolicy, {}, {}),
+    "streamingllm": (StreamingLLMPolicy, {}, {"sink_tokens": 4}),
+    "random": (RandomPolicy, {}, {}),
+    "knorm": (KeyNormPolicy, {}, {}),
+    "snapkv": (SnapKVPolicy, {}, {}),
+    "tri-no-trig": (TriAttentionPolicy, {}, {"disable_trig": True}),
+    "tri-no-mlr": (TriAttentionPolicy, {}, {"disable_mlr": True}),
+    "tri-no-norm": (TriAttentionAblationPolicy, {"disable_norm": True}, {}),
+    "tri-linear": (TriAttentionAblationPolicy, {"offsets": "linear"}, {}),
 }
+# TriAttention without the offline file (callers that own the calibration drop it for this name).
+ALIASES = {"triattention-online": "triattention"}
+
+
+def _parse_value(text: str):
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def split_methods(text: str) -> list:
+    """Split a comma-separated method list, keeping commas inside ``[...]`` (``a,b[x=1,y=2],c``)."""
+    out, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    out.append(current.strip())
+    return [m for m in out if m]
+
+
+def parse_method(spec: str):
+    """``name`` or ``name[key=value,...]`` -> (name, {setting: value}).
+
+    Settings are :class:`~.config.TriAttentionConfig` fields (``recent_window=32``) or keyword arguments of
+    the method's policy (``snapkv[kernel_size=1]``); :func:`make_policy` sorts them out."""
+    spec = spec.strip()
+    if "[" not in spec:
+        return spec, {}
+    if not spec.endswith("]") or spec.count("[") != 1:
+        raise ValueError(f"method {spec!r}: write settings as name[key=value,...]")
+    name, body = spec[:-1].split("[", 1)
+    settings = {}
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        if "=" not in item:
+            raise ValueError(f"method {spec!r}: setting {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        settings[key.strip()] = _parse_value(value)
+    return name.strip(), settings
 
 
 def make_policy(method: str, seed: int = 0):
-    """(policy, config overrides) for a method name in :data:`METHODS`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    factory, overrides = METHODS[method]
-    policy = RandomPolicy(seed) if method == "random" else factory()
-    return policy, dict(overrides)
+    """(policy, config overrides) for a method spec: a name in :data:`METHODS` optionally followed by
+    ``[key=value,...]`` settings (config fields or the policy's keyword arguments)."""
+    import inspect
+
+    from .config import TriAttentionConfig
+
+    name, settings = parse_method(method)
+    name = ALIASES.get(name, name)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join([*METHODS, *ALIASES])}")
+    cls, policy_kwargs, overrides = METHODS[name]
+    config_fields = set(TriAttentionConfig.__dataclass_fields__)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"} if cls.__init__ is not object.__init__ \
+        else set()
+    policy_kwargs, overrides = dict(policy_kwargs), dict(overrides)
+    for key, value in settings.items():
+        if key in config_fields:
+            overrides[key] = value
+        elif key in accepted:
+            policy_kwargs[key] = value
+        else:
+            raise ValueError(f"method {method!r}: unknown setting {key!r} (config fields: "
+                             f"{', '.join(sorted(config_fields))}; {cls.__name__} takes: "
+                             f"{', '.join(sorted(accepted)) or 'nothing'})")
+    if cls is RandomPolicy:
+        policy_kwargs.setdefault("seed", seed)
+    return cls(**policy_kwargs), overrides

@@ -71,6 +71,13 @@ class QueryFrequencyStats:
             getattr(self, name).add_(getattr(other, name).to(self.sum_real.device))
         return self
 
+    def scale_(self, factor: float) -> "QueryFrequencyStats":
+        """Multiply every sum and count by ``factor`` (exponential forgetting: the means are unchanged now,
+        later updates weigh ``1 / factor`` more than what came before)."""
+        for name in ("sum_real", "sum_imag", "sum_abs", "sum_pass", "count"):
+            getattr(self, name).mul_(factor)
+        return self
+
     def means(self) -> Dict[str, torch.Tensor]:
         """float32 ``q_mean_real``, ``q_mean_imag``, ``q_abs_mean`` ``[R, L, Hq, F]`` and ``q_pass_mean``."""
         if bool((self.count == 0).any()):

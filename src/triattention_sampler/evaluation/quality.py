@@ -18,25 +18,34 @@ import torch
 
 from ..cache import TriAttentionCache
 from ..config import TriAttentionConfig
-from ..policies import FullCachePolicy, make_policy
+from ..policies import FullCachePolicy, make_policy, parse_method
 from ..rope_spec import describe_model
 from .metrics import token_metrics
 
 
 def build_cache(model, method: str, budget: int, interval: int, *, calibration=None, model_info=None,
                 seed: int = 0, **config_overrides) -> TriAttentionCache:
-    """A cache for ``method`` (see :data:`~triattention_sampler.policies.METHODS`) at ``budget``.
+    """A cache for a method spec (``name`` or ``name[key=value,...]``, see
+    :func:`~triattention_sampler.policies.make_policy`) at ``budget``.
 
-    ``triattention`` uses ``calibration`` (None = online); the ablations use it too."""
-    if method == "triattention-online":
-        method, calibration = "triattention", None
+    ``triattention`` and the ``tri-*`` ablations use ``calibration`` (None = online statistics);
+    ``triattention-online`` never does. Settings in the spec win over ``config_overrides``."""
+    name, _ = parse_method(method)
+    if name == "triattention-online":
+        calibration = None
     policy, overrides = make_policy(method, seed=seed)
-    settings = {"budget": budget, "interval": interval, **overrides, **config_overrides}
-    if method == "full":
+    settings = {"budget": budget, "interval": interval, **config_overrides, **overrides}
+    if name == "full":
         settings["budget"] = max(budget, 1 << 30)
-    tri = method == "triattention" or method.startswith("tri-")
+    tri = uses_calibration(method)
     return TriAttentionCache(model, TriAttentionConfig(**settings), calibration if tri else None,
                              model_info=model_info, policy=policy)
+
+
+def uses_calibration(method: str) -> bool:
+    """Whether a method spec scores with TriAttention statistics (and so takes the offline file)."""
+    name, _ = parse_method(method)
+    return name.startswith("triattention") or name.startswith("tri-")
 
 
 def feed_schedule(n_tokens: int, chunk: int) -> List[Tuple[int, int]]:
