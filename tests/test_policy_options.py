@@ -196,3 +196,33 @@ def test_snapkv_kernel_one_is_plain_window_attention(tiny_llama):
     cache = feed(tiny_llama, build_cache(tiny_llama, "snapkv[kernel_size=1,query_window=4]", 16, 8), 30)
     assert cache.rounds >= 1 and cache.query_window == 4
     assert cache._recent_queries[0][0].shape[2] == 4
+
+
+# -- evaluation helpers ----------------------------------------------------------------------------------------
+def test_paired_difference_uses_block_means():
+    from triattention_sampler.evaluation.metrics import paired_difference
+
+    a = torch.arange(256, dtype=torch.float32) % 64 / 64.0  # identical blocks: the difference has zero SE
+    b = torch.zeros(256)
+    out = paired_difference(a, b, start=0, block=64)
+    assert out["blocks"] == 4 and abs(out["diff"] - float(a.mean())) < 1e-12 and out["se"] == 0.0
+    c = torch.cat([torch.zeros(128), torch.ones(128)])
+    out = paired_difference(c, b, start=0, block=64)  # block means 0, 0, 1, 1 -> SE = std / sqrt(4)
+    assert abs(out["se"] - float(torch.tensor([0.0, 0, 1, 1], dtype=torch.float64).std() / 2)) < 1e-12
+    assert paired_difference(c, b, start=200, block=64)["blocks"] == 0
+
+
+def test_scoring_cost_counts_layer_stride_and_snapkv_window():
+    from triattention_sampler.evaluation.cost import scoring_cost
+
+    model = tiny_model("llama", num_hidden_layers=8)
+    info = ts.describe_model(model)
+    full = scoring_cost("triattention", info, 100)
+    strided = scoring_cost("triattention-online[score_layer_stride=4]", info, 100)
+    assert full["scored_layers"] == 8 and strided["scored_layers"] == 2
+    assert strided["bytes"] == full["bytes"] / 4 and strided["flops"] == full["flops"] / 4
+    keys = info.num_kv_heads * 100 * info.head_dim * 2
+    snap = scoring_cost("snapkv[query_window=32]", info, 100)
+    assert snap["bytes"] == 8 * (keys + info.num_heads * 32 * info.head_dim * 2)
+    assert snap["flops"] == 8 * info.num_heads * 32 * 100 * (2 * info.head_dim + 5)
+    assert scoring_cost("random", info, 100)["bytes"] == 0

@@ -276,7 +276,7 @@ def cmd_eval(args):
     import torch
 
     from .evaluation.data import CALIBRATION_CORPUS, DataUnavailable, load_text
-    from .evaluation.metrics import summarize
+    from .evaluation.metrics import paired_difference, summarize
     from .evaluation.quality import build_cache, stream_quality, uses_calibration
     from .policies import split_methods
 
@@ -322,7 +322,14 @@ def cmd_eval(args):
             rows.append({"method": m, "budget": budget, **{k: round(v, 5) for k, v in tail.items()},
                          **{f"{k}_all": round(v, 5) for k, v in full_text.items() if k in ("nll", "kl", "top1")},
                          "seconds": round(res["_timing"][m], 2), "rounds": res["_summary"][m]["rounds"],
-                         "compact_seconds": round(res["_summary"][m]["compact_seconds"], 2)})
+                         "compact_seconds": round(res["_summary"][m]["compact_seconds"], 2),
+                         **_round_cost(m, res["_summary"][m], info, budget, args.interval, model)})
+            if "streamingllm" in res and m != "streamingllm":  # paired against the same tokens
+                for key in ("kl", "nll", "agree"):
+                    pd = paired_difference(res[m][key], res["streamingllm"][key], eval_start, args.interval)
+                    tag = "top1" if key == "agree" else key
+                    rows[-1][f"d{tag}_vs_streamingllm"] = round(pd["diff"], 5)
+                    rows[-1][f"d{tag}_vs_streamingllm_se"] = round(pd["se"], 5)
             per_token[f"{m}@{budget}"] = {k: v.half() for k, v in res[m].items() if k != "nll_ref"}
         per_token[f"full@{budget}"] = {"nll_ref": res[methods[0]]["nll_ref"].half()} if methods else {}
         print(_table([r for r in rows if r["budget"] == budget]))
@@ -344,10 +351,29 @@ def cmd_eval(args):
             print(f"wrote {p}")
 
 
+def _round_cost(method, summary, info, budget, interval, model):
+    """Measured scoring time per round (this machine) and the analytic bytes/FLOPs of one round's scoring."""
+    from .evaluation.cost import scoring_cost
+
+    rounds = summary["rounds"]
+    element = next(model.parameters()).element_size()
+    cost = scoring_cost(method, info, budget + interval, element_bytes=element, budget=budget, interval=interval)
+    return {"score_ms_per_round": round(1000 * summary.get("score_seconds", 0.0) / rounds, 3) if rounds else 0.0,
+            "round_ms": round(1000 * summary["compact_seconds"] / rounds, 3) if rounds else 0.0,
+            "score_kib_per_round": round(cost["bytes"] / 1024, 1), "score_mflop_per_round": round(cost["flops"] / 1e6, 2),
+            "scored_layers": cost["scored_layers"]}
+
+
 def _table(rows):
-    head = f"{'method':22s} {'budget':>6s} {'KL':>8s} {'top1':>7s} {'NLL':>7s} {'NLLfull':>7s} {'sec':>6s}"
-    lines = [head] + [f"{r['method']:22s} {r['budget']:6d} {r['kl']:8.4f} {r['top1']:7.4f} {r['nll']:7.4f} "
-                      f"{r['nll_ref']:7.4f} {r['seconds']:6.1f}" for r in rows]
+    width = max([22] + [len(r["method"]) for r in rows])
+    head = (f"{'method':{width}s} {'budget':>6s} {'KL':>8s} {'dKL vs SLLM (SE)':>20s} {'top1':>7s} {'NLL':>7s} "
+            f"{'NLLfull':>7s} {'score ms':>8s} {'sec':>6s}")
+    lines = [head]
+    for r in rows:
+        d = (f"{r['dkl_vs_streamingllm']:+.4f} ({r['dkl_vs_streamingllm_se']:.4f})"
+             if "dkl_vs_streamingllm" in r else "")
+        lines.append(f"{r['method']:{width}s} {r['budget']:6d} {r['kl']:8.4f} {d:>20s} {r['top1']:7.4f} "
+                     f"{r['nll']:7.4f} {r['nll_ref']:7.4f} {r.get('score_ms_per_round', 0.0):8.2f} {r['seconds']:6.1f}")
     return "\n".join(lines)
 
 

@@ -29,3 +29,17 @@ def summarize(per_token: Dict[str, torch.Tensor], start: int = 0) -> Dict[str, f
     out["ppl"] = float(torch.exp(torch.tensor(out["nll"])))
     out["ppl_ref"] = float(torch.exp(torch.tensor(out["nll_ref"])))
     return out
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, start: int = 0, block: int = 64) -> Dict[str, float]:
+    """Mean of ``a - b`` over tokens ``start:`` with its standard error by batch means.
+
+    Per-token differences of two methods on the same text are autocorrelated (a round changes the cache
+    for the next ``interval`` tokens), so the SE comes from the means of consecutive ``block``-token blocks
+    (block = the round interval), not from the tokens as if independent."""
+    d = (a[start:].double() - b[start:].double())
+    blocks = d.numel() // block
+    if blocks < 2:
+        return {"diff": float(d.mean()) if d.numel() else float("nan"), "se": float("nan"), "blocks": blocks}
+    means = d[: blocks * block].view(blocks, block).mean(1)
+    return {"diff": float(d.mean()), "se": float(means.std() / blocks ** 0.5), "blocks": blocks}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 9 exploration: one change at a time from TriAttention-online, on a DEVELOPMENT segment of the essays
+# (tokens 16384..20480; the reported test segments are essays 0..4096 and Hamlet 0..4096, never used here).
+# Usage: bash scripts/explore_policies.sh [batch ...]   (batches: a b c d; results in results/dev/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .venv/bin/activate
+DEV=(--offset 16384 --threads "${THREADS:-2}" --out results/dev --no-plot)
+T=triattention-online
+run() { local name=$1; shift; triattention eval "${DEV[@]}" --name "$name" --methods "$(IFS=,; echo "$*")"; }
+for batch in "${@:-a b c}"; do
+  case $batch in
+    a) run explore_a "$T[recent_window=16]" "$T[recent_window=32]" "$T[recent_window=64]" "$T[sink_tokens=4]" \
+         "$T[position_segments=4]" "$T[position_segments=8]" \
+         "$T[score_layer_stride=2]" "$T[score_layer_stride=4]" "$T[score_layer_stride=8]" ;;
+    b) run explore_b "$T[normalize_scores=false]" "$T[group_aggregation=mean]" "$T[layer_aggregation=max]" \
+         "$T[aggregation=max]" "$T[granularity=union]" "$T[granularity=per_layer_head]" \
+         "$T[online_refresh=true]" "$T[online_refresh=true,online_decay=0.5]" \
+         "$T[offset_max_length=4096]" "$T[offset_max_length=512]" "triattention[online_weight=0.5]" ;;
+    c) run explore_c "snapkv[kernel_size=1]" "snapkv[recent_window=32]" "snapkv[kernel_size=1,recent_window=32]" \
+         "snapkv[query_window=64]" "streamingllm[sink_tokens=0]" "knorm" ;;
+    *) echo "unknown batch $batch" >&2; exit 2 ;;
+  esac
+done
