@@ -226,3 +226,18 @@ def test_scoring_cost_counts_layer_stride_and_snapkv_window():
     assert snap["bytes"] == 8 * (keys + info.num_heads * 32 * info.head_dim * 2)
     assert snap["flops"] == 8 * info.num_heads * 32 * 100 * (2 * info.head_dim + 5)
     assert scoring_cost("random", info, 100)["bytes"] == 0
+
+
+def test_softmax_normalization_gives_attention_shares(tiny_llama):
+    cache = feed(tiny_llama, ts.TriAttentionCache(tiny_llama, budget=16, interval=8,
+                                                  score_normalization="softmax", group_aggregation="mean"), 23)
+    layer = cache.layers[0]
+    protected = cache._protected(layer, layer.length)
+    shares = cache.policy.layer_scores(cache, 0, protected)  # [B, Hkv, N], mean over the group
+    candidates = layer.valid[:, :, :layer.length] & ~protected
+    torch.testing.assert_close(shares.masked_fill(~candidates, 0).sum(-1), torch.ones(1, 2))  # sums to 1
+    assert torch.isneginf(shares[~candidates]).all()
+    feed(tiny_llama, cache, 30, seed=1)
+    assert cache.rounds >= 2 and max(cache.physical_lengths()) <= 24
+    with pytest.raises(ValueError, match="score_normalization"):
+        ts.TriAttentionConfig(budget=16, score_normalization="rank")

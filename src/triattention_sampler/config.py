@@ -4,6 +4,9 @@ from triattention.reference import AGGREGATIONS
 from triattention.selection import GRANULARITIES, GROUP_AGGREGATIONS, LAYER_AGGREGATIONS
 
 
+SCORE_NORMALIZATIONS = ("zscore", "softmax")
+
+
 @dataclass
 class TriAttentionConfig:
     """How and when the cache is compacted.
@@ -20,7 +23,10 @@ class TriAttentionConfig:
         group_aggregation: ``max`` (paper) or ``mean`` over the query heads of a KV head.
         offset_max_length: largest future offset, offsets are 1, 2, 4, ... (paper: 65536).
         disable_mlr, disable_trig: the paper's ablations.
-        normalize_scores: per-query-head z-score before aggregation (paper: on).
+        normalize_scores: per-query-head normalisation before aggregation (paper: on).
+        score_normalization: with ``normalize_scores``, ``zscore`` (paper) or ``softmax``: each query head's
+            scores become its expected attention shares (softmax over the candidates of score / sqrt(D)), so
+            the GQA-group and layer aggregations add attention mass instead of standardised logits.
         layer_aggregation: ``mean`` (paper) or ``max`` over layers for the shared granularities.
         score_layer_stride: score only every ``k``-th pruned layer (``k // 2``, ``k // 2 + k``, ...) and share
             the decision with all of them; cuts the keys read per round ``k``-fold. Needs a shared
@@ -46,6 +52,7 @@ class TriAttentionConfig:
     disable_mlr: bool = False
     disable_trig: bool = False
     normalize_scores: bool = True
+    score_normalization: str = "zscore"
     layer_aggregation: str = "mean"
     score_layer_stride: int = 1
     position_segments: int = 0
@@ -74,6 +81,9 @@ class TriAttentionConfig:
         if self.group_aggregation not in GROUP_AGGREGATIONS:
             raise ValueError(f"group_aggregation must be one of {GROUP_AGGREGATIONS}, got {self.group_aggregation!r}")
 
+        if self.score_normalization not in SCORE_NORMALIZATIONS:
+            raise ValueError(f"score_normalization must be one of {SCORE_NORMALIZATIONS}, "
+                             f"got {self.score_normalization!r}")
         if self.layer_aggregation not in LAYER_AGGREGATIONS:
             raise ValueError(f"layer_aggregation must be one of {LAYER_AGGREGATIONS}, got {self.layer_aggregation!r}")
         for name in ("score_layer_stride", "position_segments"):

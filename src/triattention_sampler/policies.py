@@ -34,9 +34,17 @@ class TriAttentionPolicy:
         ))
         scores = ops.score_post_rope_keys(keys, w, c, style=rope.style, rotary_dim=rope.rotary_dim)
         candidates = layer.valid[:, :, :n] & ~protected
+        b, hkv = keys.shape[:2]
+        if cfg.normalize_scores and cfg.score_normalization == "softmax":
+            # Expected attention share of each candidate for each query head (the score is s * E[q.k]).
+            group = scores.shape[1] // hkv
+            logits = scores.view(b, hkv, group, n) * (rope.head_dim ** -0.5)
+            logits = logits.masked_fill(~candidates[:, :, None], float("-inf"))
+            shares = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+            reduced = shares.amax(2) if cfg.group_aggregation == "max" else shares.mean(2)
+            return reduced.masked_fill(~candidates, float("-inf"))
         if cfg.normalize_scores:
             return ops.reduce_query_heads(scores, candidates, group_aggregation=cfg.group_aggregation)
-        b, hkv = keys.shape[:2]
         grouped = scores.view(b, hkv, -1, n)
         reduced = grouped.amax(2) if cfg.group_aggregation == "max" else grouped.mean(2)
         return reduced.masked_fill(~candidates, float("-inf"))
