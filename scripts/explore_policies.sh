@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 9 exploration: one change at a time from TriAttention-online, on a DEVELOPMENT segment of the essays
 # (tokens 16384..20480; the reported test segments are essays 0..4096 and Hamlet 0..4096, never used here).
-# Usage: bash scripts/explore_policies.sh [batch ...]   (batches: a b c d; results in results/dev/)
+# Usage: bash scripts/explore_policies.sh [batch ...]   (batches a-e, d/e = combinations after a-c; results in results/dev/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .venv/bin/activate
@@ -19,6 +19,11 @@ for batch in "${@:-a b c}"; do
          "$T[offset_max_length=4096]" "$T[offset_max_length=512]" "triattention[online_weight=0.5]" ;;
     c) run explore_c "snapkv[kernel_size=1]" "snapkv[recent_window=32]" "snapkv[kernel_size=1,recent_window=32]" \
          "snapkv[query_window=64]" "streamingllm[sink_tokens=0]" "knorm" ;;
+    d) run explore_d "$T[score_normalization=softmax]" "$T[score_normalization=softmax,group_aggregation=mean]" \
+         "$T[score_layer_stride=3]" "$T[score_layer_stride=4,online_refresh=true]" \
+         "$T[score_layer_stride=2,online_refresh=true]" "$T[score_layer_stride=4,recent_window=64]" ;;
+    e) run explore_e "$T" "$T[score_layer_stride=4]" "$T[score_normalization=softmax,score_layer_stride=4]" \
+         "$T[score_normalization=softmax,score_layer_stride=2]" "snapkv[kernel_size=1,recent_window=32]" streamingllm ;;
     *) echo "unknown batch $batch" >&2; exit 2 ;;
   esac
 done

@@ -111,9 +111,9 @@ def test_layer_stride_scores_only_every_kth_layer_and_shares_the_decision():
     calls = []
 
     class Spy(ts.TriAttentionPolicy):
-        def layer_scores(self, cache, idx, protected):
-            calls.append(idx)
-            return super().layer_scores(cache, idx, protected)
+        def round_scores(self, cache, layer_ids, protected):
+            calls.extend(layer_ids)
+            return super().round_scores(cache, layer_ids, protected)
 
     cache = ts.TriAttentionCache(model, budget=16, interval=8, score_layer_stride=4, policy=Spy())
     assert cache.scored_layers() == [2]
@@ -241,3 +241,22 @@ def test_softmax_normalization_gives_attention_shares(tiny_llama):
     assert cache.rounds >= 2 and max(cache.physical_lengths()) <= 24
     with pytest.raises(ValueError, match="score_normalization"):
         ts.TriAttentionConfig(budget=16, score_normalization="rank")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_batched_round_scores_equal_layer_by_layer(model_type):
+    """All scored layers in one round_weights call == one call per layer (Gemma3 mixes two RoPEs)."""
+    extra = dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"] * 2, head_dim=16) \
+        if model_type == "gemma3_text" else {}
+    model = tiny_model(model_type, num_hidden_layers=4, **extra)
+    for calibration in (None, "file"):
+        if calibration == "file":
+            from test_cache import calibration_for
+            calibration = calibration_for(model)
+        cache = feed(model, ts.TriAttentionCache(model, calibration=calibration, budget=16, interval=8), 23)
+        layers = list(cache.info.pruned_layers)
+        protected = {i: cache._protected(cache.layers[i], cache.layers[i].length) for i in layers}
+        batched = cache.policy.round_scores(cache, layers, protected)
+        for i, got in zip(layers, batched):
+            alone = cache.policy.round_scores(cache, [i], protected)[0]
+            torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)

@@ -393,7 +393,10 @@ class TriAttentionCache(Cache):
         protected = {i: self._protected(self.layers[i], self.layers[i].length) for i in pruned}
         started = time.perf_counter()
         scored = self.scored_layers()
-        raw = [self.policy.layer_scores(self, i, protected[i]) for i in scored]
+        if hasattr(self.policy, "round_scores"):  # all scored layers at once (TriAttention)
+            raw = self.policy.round_scores(self, scored, protected)
+        else:
+            raw = [self.policy.layer_scores(self, i, protected[i]) for i in scored]
         extra = {} if cfg.layer_aggregation == "mean" else {"layer_aggregation": cfg.layer_aggregation}
         combined = ops.combine_layers(raw, cfg.granularity, **extra)
         per_layer = [combined[0]] * len(pruned) if shared else combined

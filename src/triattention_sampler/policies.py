@@ -21,31 +21,71 @@ class TriAttentionPolicy:
         return trig_weights, norm_weights
 
     def layer_scores(self, cache, idx: int, protected: torch.Tensor) -> torch.Tensor:
-        cfg, ops, layer = cache.config, cache.ops, cache.layers[idx]
-        rope, n = layer.plan.rope, layer.length
-        keys = layer.keys[:, :, :n]
-        stats = cache._stats_for(idx, keys.device)
-        offsets = self.future_offsets(cache, keys.device)
+        return self.round_scores(cache, [idx], {idx: protected})[0]
+
+    def round_scores(self, cache, layer_ids, protected) -> list:
+        """Scores ``[B, Hkv, N]`` of every layer in ``layer_ids`` for this round.
+
+        Layers that share a device, a RoPE and a length are scored together: one ``round_weights`` call for
+        all of them (their statistics stacked along the batch axis) and one normalisation, so a round's
+        fixed cost does not grow with the number of scored layers (it dominated the round on CPU)."""
+        out, groups = {}, []
+        for i in layer_ids:
+            layer = cache.layers[i]
+            for ids in groups:
+                head = cache.layers[ids[0]]
+                if (head.keys.device == layer.keys.device and head.length == layer.length
+                        and head.plan.rope.same_rotation(layer.plan.rope)):
+                    ids.append(i)
+                    break
+            else:
+                groups.append([i])
+        for ids in groups:
+            out.update(zip(ids, self._score_group(cache, ids, protected)))
+        return [out[i] for i in layer_ids]
+
+    def _score_group(self, cache, ids, protected):
+        cfg, ops = cache.config, cache.ops
+        first = cache.layers[ids[0]]
+        rope, n, dev = first.plan.rope, first.length, first.keys.device
+        b, hkv = first.keys.shape[:2]
+        n_layers = len(ids)
+        stats = [cache._stats_for(i, dev) for i in ids]
+
+        def stacked(name):  # [L * B, Hq, F] (offline statistics [Hq, F] are shared by the rows)
+            if stats[0].get(name) is None:
+                return None
+            return torch.cat([s[name].expand(b, *s[name].shape[-2:]) for s in stats])
+
+        offsets = self.future_offsets(cache, dev)
         w, c = self.adjust_weights(*ops.round_weights(
-            stats["q_mean_real"], stats["q_mean_imag"], stats["q_abs_mean"], rope.omega.to(keys.device),
-            layer.next_pos, offsets, head_dim=rope.head_dim, style=rope.style, rotary_dim=rope.rotary_dim,
-            aggregation=cfg.aggregation, freq_scale_sq=rope.freq_scale_sq(keys.device),
-            q_pass_mean=stats.get("q_pass_mean"), disable_mlr=cfg.disable_mlr, disable_trig=cfg.disable_trig,
+            stacked("q_mean_real"), stacked("q_mean_imag"), stacked("q_abs_mean"), rope.omega.to(dev),
+            first.next_pos.repeat(n_layers), offsets, head_dim=rope.head_dim, style=rope.style,
+            rotary_dim=rope.rotary_dim, aggregation=cfg.aggregation, freq_scale_sq=rope.freq_scale_sq(dev),
+            q_pass_mean=stacked("q_pass_mean"), disable_mlr=cfg.disable_mlr, disable_trig=cfg.disable_trig,
         ))
-        scores = ops.score_post_rope_keys(keys, w, c, style=rope.style, rotary_dim=rope.rotary_dim)
-        candidates = layer.valid[:, :, :n] & ~protected
-        b, hkv = keys.shape[:2]
+        scores = torch.cat([
+            ops.score_post_rope_keys(cache.layers[i].keys[:, :, :n], w[j * b:(j + 1) * b], c[j * b:(j + 1) * b],
+                                     style=rope.style, rotary_dim=rope.rotary_dim)
+            for j, i in enumerate(ids)])  # [L * B, Hq, N]
+        candidates = torch.cat([cache.layers[i].valid[:, :, :n] & ~protected[i] for i in ids])  # [L * B, Hkv, N]
+        reduced = self._normalise(cfg, ops, scores, candidates, hkv, rope.head_dim)
+        return list(reduced.split(b))
+
+    @staticmethod
+    def _normalise(cfg, ops, scores, candidates, hkv, head_dim):
+        """Per-query-head normalisation, then the GQA-group reduction: ``[R, Hq, N]`` -> ``[R, Hkv, N]``."""
+        rows, n = scores.shape[0], scores.shape[-1]
         if cfg.normalize_scores and cfg.score_normalization == "softmax":
             # Expected attention share of each candidate for each query head (the score is s * E[q.k]).
-            group = scores.shape[1] // hkv
-            logits = scores.view(b, hkv, group, n) * (rope.head_dim ** -0.5)
+            logits = scores.view(rows, hkv, -1, n) * (head_dim ** -0.5)
             logits = logits.masked_fill(~candidates[:, :, None], float("-inf"))
             shares = torch.softmax(logits, dim=-1).nan_to_num(0.0)
             reduced = shares.amax(2) if cfg.group_aggregation == "max" else shares.mean(2)
             return reduced.masked_fill(~candidates, float("-inf"))
         if cfg.normalize_scores:
             return ops.reduce_query_heads(scores, candidates, group_aggregation=cfg.group_aggregation)
-        grouped = scores.view(b, hkv, -1, n)
+        grouped = scores.view(rows, hkv, -1, n)
         reduced = grouped.amax(2) if cfg.group_aggregation == "max" else grouped.mean(2)
         return reduced.masked_fill(~candidates, float("-inf"))
 
