@@ -35,7 +35,7 @@ class TriAttentionPolicy:
             for ids in groups:
                 head = cache.layers[ids[0]]
                 if (head.keys.device == layer.keys.device and head.length == layer.length
-                        and head.plan.rope.same_rotation(layer.plan.rope)):
+                        and cache.same_rotation(ids[0], i)):
                     ids.append(i)
                     break
             else:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .rope import pair_slices
+from .rope import pair_views
 
 
 def score_keys(
@@ -33,9 +33,8 @@ def score_keys(
     w = trig_weights.float().view(batch, hkv, group * n_off, d)
     trig = torch.matmul(k, w.transpose(-1, -2))  # [B, Hkv, N, G*O]
     trig = trig.view(batch, hkv, n, group, n_off).amax(dim=-1)
-    re_idx, im_idx = pair_slices(d, rotary_dim, "interleaved" if interleaved else "half")
-    re_idx, im_idx = re_idx.to(keys.device), im_idx.to(keys.device)
-    mag = torch.sqrt(k[..., re_idx] ** 2 + k[..., im_idx] ** 2)  # [B, Hkv, N, F]
+    re, im = pair_views(k, rotary_dim, "interleaved" if interleaved else "half")
+    mag = torch.sqrt(re * re + im * im)  # [B, Hkv, N, F]
     c = norm_weights.float().view(batch, hkv, group, -1)
     norm = torch.matmul(mag, c.transpose(-1, -2))  # [B, Hkv, N, G]
     return (trig + norm).permute(0, 1, 3, 2).reshape(batch, hq, n)

@@ -108,6 +108,16 @@ def pair_slices(head_dim: int, rotary_dim: int, style: str) -> Tuple[torch.Tenso
     return f, f + rotary_dim // 2
 
 
+def pair_views(x: torch.Tensor, rotary_dim: int, style: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(re, im) views ``[..., rotary_dim // 2]`` of the rotated pairs of ``x [..., D]`` (same order as
+    :func:`pair_slices`; slicing views instead of index copies, which dominated small rounds on CPU)."""
+    check_style(style)
+    if style == "interleaved":
+        return x[..., 0:rotary_dim:2], x[..., 1:rotary_dim:2]
+    half = rotary_dim // 2
+    return x[..., :half], x[..., half:rotary_dim]
+
+
 def apply_rope(x: torch.Tensor, omega: torch.Tensor, positions: torch.Tensor, scale: float = 1.0,
                *, style: str = "half", rotary_dim: int = 0) -> torch.Tensor:
     """Rotate ``x [..., N, D]`` to ``positions [..., N]`` with angular rates ``omega [R/2]`` (fp64 phases).

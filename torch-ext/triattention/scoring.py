@@ -16,7 +16,7 @@ import torch
 
 from . import _dispatch
 from .reference import AGGREGATIONS
-from .rope import check_style, pair_slices
+from .rope import check_style, pair_views
 
 
 def round_tables(
@@ -90,13 +90,13 @@ def round_weights(
     cos, sin = round_tables(omega.to(device), round_start, offsets, aggregation)  # [Bt, O, F]
     batch = max(qr.shape[0], cos.shape[0])
     n_off = cos.shape[1]
-    re_idx, im_idx = (i.to(device) for i in pair_slices(head_dim, rotary_dim, style))
     w = torch.zeros(batch, qr.shape[1], n_off, head_dim, device=device, dtype=torch.float32)
     if not disable_trig:
         c, s = cos[:, None], sin[:, None]  # [Bt, 1, O, F]
         qr4, qi4 = qr[:, :, None], qi[:, :, None]  # [Bq, Hq, 1, F]
-        w[..., re_idx] = s2 * (qr4 * c - qi4 * s)
-        w[..., im_idx] = s2 * (qi4 * c + qr4 * s)
+        w_re, w_im = pair_views(w, rotary_dim, style)
+        w_re.copy_(s2 * (qr4 * c - qi4 * s))
+        w_im.copy_(s2 * (qi4 * c + qr4 * s))
     if q_pass_mean is not None and rotary_dim < head_dim:
         qp = q_pass_mean.float() if q_pass_mean.dim() == 3 else q_pass_mean.float()[None]
         amp = s2.mean().sqrt()  # the key cache carries s once on rotated dims; match that scale

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .rope import check_style, pair_slices
+from .rope import check_style, pair_slices, pair_views
 
 
 class QueryFrequencyStats:
@@ -51,8 +51,7 @@ class QueryFrequencyStats:
         q = queries.to(device=self.sum_real.device, dtype=torch.float64)
         w = torch.ones(rows, q.shape[2], dtype=torch.float64, device=q.device) if weights is None else \
             weights.to(device=q.device, dtype=torch.float64)
-        re_idx, im_idx = pair_slices(self.head_dim, self.rotary_dim, self.style)
-        a, b = q[..., re_idx.to(q.device)], q[..., im_idx.to(q.device)]
+        a, b = pair_views(q, self.rotary_dim, self.style)
         wq = w[:, None, :, None]
         self.sum_real[:, layer] += (a * wq).sum(2)
         self.sum_imag[:, layer] += (b * wq).sum(2)
