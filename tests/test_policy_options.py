@@ -260,3 +260,15 @@ def test_batched_round_scores_equal_layer_by_layer(model_type):
         for i, got in zip(layers, batched):
             alone = cache.policy.round_scores(cache, [i], protected)[0]
             torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_recommended_setting_is_reachable_by_name():
+    policy, overrides = make_policy("triattention-recommended")
+    assert isinstance(policy, ts.TriAttentionPolicy) and overrides == {"score_layer_stride": 4}
+    assert ts.preset("recommended").score_layer_stride == 4 and ts.preset("paper") == ts.TriAttentionConfig()
+    assert make_policy("triattention-recommended[score_layer_stride=2]")[1] == {"score_layer_stride": 2}
+    model = tiny_model("llama", num_hidden_layers=8)
+    cache = build_cache(model, "triattention-recommended", 16, 8)
+    assert cache.scored_layers() == [2, 6] and cache.calibration is None
+    feed(model, cache, 40)
+    assert cache.rounds >= 2 and cache.summary()["scored_layers"] == 2

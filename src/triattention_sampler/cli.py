@@ -12,7 +12,8 @@ import platform
 import sys
 import time
 
-DEFAULT_METHODS = ["triattention", "triattention-online", "streamingllm", "snapkv", "random", "knorm",
+DEFAULT_METHODS = ["triattention-recommended", "triattention", "triattention-online", "streamingllm", "snapkv",
+                   "snapkv[kernel_size=1,recent_window=32]", "random", "knorm",
                    "tri-no-trig", "tri-no-norm", "tri-no-mlr", "tri-linear"]
 
 
@@ -277,8 +278,8 @@ def cmd_eval(args):
 
     from .evaluation.data import CALIBRATION_CORPUS, DataUnavailable, load_text
     from .evaluation.metrics import paired_difference, summarize
-    from .evaluation.quality import build_cache, stream_quality, uses_calibration
-    from .policies import split_methods
+    from .evaluation.quality import ONLINE_METHODS, build_cache, stream_quality, uses_calibration
+    from .policies import parse_method, split_methods
 
     methods = split_methods(args.methods)
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -304,7 +305,7 @@ def cmd_eval(args):
         raise CLIError(f"text {args.text!r} has {ids.numel()} tokens, fewer than --tokens {args.tokens} + 1")
     ids = ids[: args.tokens + 1]
     calibration, calib_path = (None, None)
-    if any(uses_calibration(m) and not m.startswith("triattention-online") for m in methods):
+    if any(uses_calibration(m) and parse_method(m)[0] not in ONLINE_METHODS for m in methods):
         calibration, calib_path = _default_calibration(args, model, tok)
     from .rope_spec import describe_model
 
@@ -314,8 +315,9 @@ def cmd_eval(args):
     for budget in budgets:
         runs = {}
         for m in methods:
-            runs[m] = build_cache(model, m, budget, args.interval, calibration=calibration, model_info=info,
-                                  seed=args.seed)
+            online = parse_method(m)[0] in ONLINE_METHODS
+            runs[m] = build_cache(model, m, budget, args.interval, calibration=None if online else calibration,
+                                  model_info=info, seed=args.seed)
         res = stream_quality(model, ids, runs, chunk=args.chunk, desc=f"budget {budget}")
         for m in methods:
             tail, full_text = summarize(res[m], eval_start), summarize(res[m])
@@ -506,8 +508,9 @@ def build_parser():
                                    "and the cache's physical vs logical size (on stderr).")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("--prompt-file", help="read the prompt from a file")
-    p.add_argument("--method", default="triattention", help="triattention (default) or a baseline: "
-                   "full, streamingllm, snapkv, random, knorm, tri-no-trig, tri-no-norm, tri-no-mlr, tri-linear; "
+    p.add_argument("--method", default="triattention-recommended", help="triattention-recommended (default: "
+                   "paper scoring, every 4th layer scored, online statistics unless --calibration), triattention "
+                   "(paper settings), or a baseline: full, streamingllm, snapkv, random, knorm, tri-no-trig, tri-no-norm, tri-no-mlr, tri-linear; "
                    "settings in brackets: 'snapkv[kernel_size=1,recent_window=32]'")
     p.add_argument("--max-new-tokens", type=int, default=1000)
     p.add_argument("--no-chat", dest="chat", action="store_false", help="do not apply the chat template")
@@ -542,7 +545,8 @@ def build_parser():
     p.add_argument("--budgets", default="128,256,512,1024")
     p.add_argument("--interval", type=int, default=64)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs; "
-                   "'triattention' uses offline calibration (Milton), 'triattention-online' online statistics; "
+                   "'triattention' uses offline calibration (Milton), 'triattention-online' and "
+                   "'triattention-recommended' online statistics; "
                    "settings in brackets, e.g. 'triattention-online[recent_window=32,score_layer_stride=4]'")
     p.add_argument("--calibration", help="offline calibration file (default: Milton, calibrated and cached)")
     p.add_argument("--calibration-tokens", type=int, default=32768)
@@ -562,7 +566,7 @@ def build_parser():
                        description="Greedy decoding one token per forward (EOS ignored), full cache vs budgets.")
     p.add_argument("--budgets", default="256,1024")
     p.add_argument("--interval", type=int, default=64)
-    p.add_argument("--method", default="triattention")
+    p.add_argument("--method", default="triattention-recommended")
     p.add_argument("--calibration")
     p.add_argument("--lengths", default="1024,2048,4096,8192,16384",
                    help="sequence lengths to measure at: the text is fed in interval-sized chunks up to "

@@ -6,6 +6,8 @@ top-k and compaction are shared by every policy, so baselines differ from TriAtt
 """
 import torch
 
+from .config import PRESETS
+
 
 class TriAttentionPolicy:
     """TriAttention: trigonometric distance preference of the calibrated query centres + norm term."""
@@ -226,6 +228,8 @@ class TriAttentionAblationPolicy(TriAttentionPolicy):
 METHODS = {
     "full": (FullCachePolicy, {}, {}),
     "triattention": (TriAttentionPolicy, {}, {}),
+    # The sampler's recommended setting (config preset "recommended"); callers use online statistics for it.
+    "triattention-recommended": (TriAttentionPolicy, {}, dict(PRESETS["recommended"])),
     "streamingllm": (StreamingLLMPolicy, {}, {"sink_tokens": 4}),
     "random": (RandomPolicy, {}, {}),
     "knorm": (KeyNormPolicy, {}, {}),

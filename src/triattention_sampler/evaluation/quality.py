@@ -28,8 +28,9 @@ def build_cache(model, method: str, budget: int, interval: int, *, calibration=N
     """A cache for a method spec (``name`` or ``name[key=value,...]``, see
     :func:`~triattention_sampler.policies.make_policy`) at ``budget``.
 
-    ``triattention`` and the ``tri-*`` ablations use ``calibration`` (None = online statistics);
-    ``triattention-online`` never does. Settings in the spec win over ``config_overrides``."""
+    ``triattention``, ``triattention-recommended`` and the ``tri-*`` ablations use ``calibration`` (None =
+    online statistics); ``triattention-online`` never does. Settings in the spec win over
+    ``config_overrides``."""
     name, _ = parse_method(method)
     if name == "triattention-online":
         calibration = None
@@ -40,6 +41,9 @@ def build_cache(model, method: str, budget: int, interval: int, *, calibration=N
     tri = uses_calibration(method)
     return TriAttentionCache(model, TriAttentionConfig(**settings), calibration if tri else None,
                              model_info=model_info, policy=policy)
+
+
+ONLINE_METHODS = ("triattention-online", "triattention-recommended")  # evaluated without an offline file
 
 
 def uses_calibration(method: str) -> bool:
