@@ -54,6 +54,27 @@ def tables(result, labels, order):
     return "\n".join(out)
 
 
+def versus_table(result, path, labels, order, versus):
+    """Paired KL difference of each TriAttention method to ``versus`` (from the per-token file)."""
+    import torch
+
+    from triattention_sampler.evaluation.metrics import paired_difference
+
+    per_token = torch.load(path.replace(".json", "_per_token.pt"))
+    budgets, start = result["budgets"], result["eval_start"]
+    methods = [m for m in (order or result["methods"]) if m.startswith("tri") and f"{m}@{budgets[0]}" in per_token]
+    out = [f"KL difference to {labels.get(versus, versus)} ± paired SE (negative = TriAttention better)", "",
+           "| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for b in budgets:
+            d = paired_difference(per_token[f"{m}@{b}"]["kl"].float(), per_token[f"{versus}@{b}"]["kl"].float(),
+                                  start, result["interval"])
+            cells.append(f"{d['diff']:+.4f} ± {d['se']:.4f}")
+        out.append(f"| {labels.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def cost_table(result, labels, order):
     rows = {(r["method"], r["budget"]): r for r in result["rows"]}
     budgets = result["budgets"]
@@ -79,7 +100,9 @@ def plot(results, labels, order, path):
     for row, result in zip(axes, results):
         rows = result["rows"]
         methods = [m for m in order if any(r["method"] == m for r in rows)] or result["methods"]
-        for metric, ax, title in (("kl", row[0], "KL(full || compressed), nats/token"),
+        sllm = {r["budget"]: r["kl"] for r in rows if r["method"] == "streamingllm"}
+        kl_title = "KL / KL of StreamingLLM (lower is better)" if sllm else "KL(full || compressed), nats/token"
+        for metric, ax, title in (("kl", row[0], kl_title),
                                   ("top1", row[1], "top-1 agreement with full cache"),
                                   ("nll", row[2], "NLL, nats/token")):
             for m in methods:
@@ -87,8 +110,10 @@ def plot(results, labels, order, path):
                              if r["method"] == m)
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 lw = 2.6 if "recommended" in labels.get(m, m) else 1.4
-                if metric == "kl":
-                    ax.errorbar(xs, ys, yerr=[p[2] for p in pts], marker="o", lw=lw, capsize=3, label=labels.get(m, m))
+                if metric == "kl" and sllm:  # ratio to StreamingLLM; error bar = paired SE of the difference, same scale
+                    ax.errorbar(xs, [y / sllm[x] for x, y in zip(xs, ys)],
+                                yerr=[p[2] / sllm[p[0]] for p in pts], marker="o", lw=lw, capsize=3,
+                                label=labels.get(m, m))
                 else:
                     ax.plot(xs, ys, marker="o", lw=lw, label=labels.get(m, m))
             if metric == "nll":
@@ -96,12 +121,14 @@ def plot(results, labels, order, path):
             ax.set_xscale("log", base=2)
             if metric == "kl":
                 ax.set_yscale("log")
+                if sllm:
+                    ax.axhline(1.0, color="k", lw=0.8)
             ax.set_xlabel("KV budget (tokens)")
             ax.set_title(f"{text_name(result)}: {title}", fontsize=9)
             ax.grid(alpha=0.3)
-        row[0].legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M-Instruct, teacher-forced decode path, interval 64; KL error bars = paired SE "
-                 "of the difference to StreamingLLM", fontsize=10)
+    axes[0][1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("SmolLM2-135M-Instruct, teacher-forced decode path, interval 64, positions 1088..4095; "
+                 "KL error bars = paired SE of the difference to StreamingLLM", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
@@ -112,14 +139,17 @@ def main():
     p.add_argument("results", nargs="+")
     p.add_argument("--label", action="append", default=[], help="SPEC=display name (repeatable, sets the order)")
     p.add_argument("--plot", help="write the plot here")
+    p.add_argument("--versus", help="also print paired KL differences of the TriAttention rows to this method")
     args = p.parse_args()
     labels, order = {}, []
     for item in args.label:
         spec, _, name = item.rpartition("=")
         labels[spec], order = name, order + [spec]
     results = [load(path) for path in args.results]
-    for result in results:
+    for path, result in zip(args.results, results):
         print(tables(result, labels, order) + "\n")
+        if args.versus:
+            print(versus_table(result, path, labels, order, args.versus) + "\n")
     print("Scoring cost per round (" + text_name(results[0]) + "; ms measured on the machine that ran it)\n")
     print(cost_table(results[0], labels, order))
     if args.plot:
