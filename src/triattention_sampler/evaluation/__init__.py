@@ -1,5 +1,6 @@
 """Evaluation harness: teacher-forced quality under compression, needle retrieval, speed/memory, plots."""
-from .metrics import token_metrics, summarize
+from .cost import scoring_cost
+from .metrics import paired_difference, summarize, token_metrics
 from .quality import build_cache, stream_quality
 
-__all__ = ["token_metrics", "summarize", "build_cache", "stream_quality"]
+__all__ = ["token_metrics", "summarize", "paired_difference", "scoring_cost", "build_cache", "stream_quality"]
