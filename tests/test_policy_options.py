@@ -47,7 +47,9 @@ def test_build_cache_applies_spec_settings_over_caller_overrides(tiny_llama):
     assert cache.config.score_layer_stride == 2 and cache.config.recent_window == 4
     assert cache.calibration is None
     cache = build_cache(tiny_llama, "streamingllm", 32, 8)
-    assert cache.config.sink_tokens == 4
+    assert cache.config.sink_tokens == 4  # what the method implies ...
+    assert build_cache(tiny_llama, "streamingllm", 32, 8, sink_tokens=8).config.sink_tokens == 8  # ... a flag beats
+    assert build_cache(tiny_llama, "streamingllm[sink_tokens=2]", 32, 8, sink_tokens=8).config.sink_tokens == 2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -29,13 +29,16 @@ def build_cache(model, method: str, budget: int, interval: int, *, calibration=N
     :func:`~triattention_sampler.policies.make_policy`) at ``budget``.
 
     ``triattention``, ``triattention-recommended`` and the ``tri-*`` ablations use ``calibration`` (None =
-    online statistics); ``triattention-online`` never does. Settings in the spec win over
-    ``config_overrides``."""
-    name, _ = parse_method(method)
+    online statistics); ``triattention-online`` never does. ``config_overrides`` (e.g. CLI flags) win over
+    what the method implies (StreamingLLM's 4 sinks), settings written in the spec win over both."""
+    name, spec_settings = parse_method(method)
     if name == "triattention-online":
         calibration = None
     policy, overrides = make_policy(method, seed=seed)
-    settings = {"budget": budget, "interval": interval, **config_overrides, **overrides}
+    # Precedence: what the method implies < the caller's settings < settings written in the spec.
+    from_spec = {k: v for k, v in overrides.items() if k in spec_settings}
+    implied = {k: v for k, v in overrides.items() if k not in spec_settings}
+    settings = {"budget": budget, "interval": interval, **implied, **config_overrides, **from_spec}
     if name == "full":
         settings["budget"] = max(budget, 1 << 30)
     tri = uses_calibration(method)
