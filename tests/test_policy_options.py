@@ -274,3 +274,38 @@ def test_recommended_setting_is_reachable_by_name():
     assert cache.scored_layers() == [2, 6] and cache.calibration is None
     feed(model, cache, 40)
     assert cache.rounds >= 2 and cache.summary()["scored_layers"] == 2
+
+
+def test_layer_budgets_follow_the_slope_and_keep_the_mean():
+    model = tiny_model("llama", num_hidden_layers=4)
+    cfg = ts.TriAttentionConfig(budget=16, interval=8, layer_budget_slope=0.5)
+    assert cfg.layer_budgets(4) == [24, 19, 13, 8] and sum(cfg.layer_budgets(4)) == 64
+    seen = []
+    cache = ts.TriAttentionCache(model, config=cfg)
+    original = cache._compact_nested
+
+    def recording(*args):
+        original(*args)
+        seen.append(cache.physical_lengths())
+
+    cache._compact_nested = recording
+    feed(model, cache, 80)
+    assert cache.rounds == len(seen) >= 5
+    assert seen[-1] == [24, 19, 13, 8]  # every layer back to its own budget
+    for lengths in seen:
+        assert all(n <= b for n, b in zip(lengths, [24, 19, 13, 8]))
+    assert all(n <= b + 8 for n, b in zip(cache.physical_lengths(), [24, 19, 13, 8]))
+    for layer, b in zip(cache.layers, [24, 19, 13, 8]):  # real tokens only, positions unique, temporal order
+        pos = layer.pos[0, 0, :layer.length]
+        assert bool(layer.valid[:, :, :layer.length].all()) and bool((pos[1:] > pos[:-1]).all())
+    with pytest.raises(ValueError, match="needs granularity 'per_head'"):
+        ts.TriAttentionConfig(budget=16, layer_budget_slope=0.5, granularity="union")
+    with pytest.raises(ValueError, match="layer_budget_slope must be in"):
+        ts.TriAttentionConfig(budget=16, layer_budget_slope=1.0)
+
+
+def test_layer_budgets_with_zero_slope_are_the_shared_path(tiny_llama):
+    assert ts.TriAttentionConfig(budget=16).layer_budgets(3) == [16, 16, 16]
+    a = feed(tiny_llama, ts.TriAttentionCache(tiny_llama, budget=16, interval=8), 50)
+    b = feed(tiny_llama, ts.TriAttentionCache(tiny_llama, budget=16, interval=8, layer_budget_slope=0.0), 50)
+    assert torch.equal(a.layers[1].pos, b.layers[1].pos)

@@ -201,10 +201,14 @@ class TriAttentionCache(Cache):
         if calibration is not None:
             calibration.validate(model_info)
         self.calibration = calibration
-        slack = config.budget + config.interval + 1
-        layers = [TriAttentionLayer(p, slack if p.prunable else None) for p in model_info.plans]
+        pruned = model_info.pruned_layers
+        self.layer_budget = dict(zip(pruned, config.layer_budgets(len(pruned))))  # layer -> tokens kept
+        layers = [TriAttentionLayer(p, self.layer_budget[i] + config.interval + 1 if p.prunable else None)
+                  for i, p in enumerate(model_info.plans)]
         super().__init__(layers=layers)
-        self.first_pruned = model_info.pruned_layers[0] if model_info.pruned_layers else None
+        self.first_pruned = pruned[0] if pruned else None
+        # Rounds fire when the smallest-budget layer is full (every layer grows by the same tokens).
+        self._trigger_layer = min(pruned, key=lambda i: (self.layer_budget[i], i)) if pruned else None
         self.rounds = 0
         self.tokens_evicted = 0
         self.compact_seconds = 0.0  # wall time spent in rounds (benchmarks)
@@ -352,7 +356,7 @@ class TriAttentionCache(Cache):
     def _maybe_compact(self) -> None:
         if self.first_pruned is None:
             return
-        layer = self.layers[self.first_pruned]
+        layer = self.layers[self._trigger_layer]
         if not layer.is_initialized or layer.cumulative_length == self._checked_at:
             return
         self._checked_at = layer.cumulative_length
@@ -360,25 +364,29 @@ class TriAttentionCache(Cache):
             self.prompt_lengths = layer.next_pos.clone()
             self._row_rounds = torch.zeros_like(self.prompt_lengths)
         real = layer.real_counts()
-        trigger = real >= self.config.budget + self.config.interval
+        trigger = real >= self.layer_budget[self._trigger_layer] + self.config.interval
         if bool(trigger.any()):
             started = time.perf_counter()
-            self._compact(trigger, real)
+            if self.config.layer_budget_slope:
+                self._compact_nested(trigger, real)
+            else:
+                self._compact(trigger, real)
             self.compact_seconds += time.perf_counter() - started  # scoring + selection + compaction
 
-    def _protected(self, layer: TriAttentionLayer, n: int) -> torch.Tensor:
+    def _protected(self, layer: TriAttentionLayer, n: int, budget: Optional[int] = None) -> torch.Tensor:
         cfg = self.config
+        budget = cfg.budget if budget is None else budget
         pos, valid = layer.pos[:, :, :n], layer.valid[:, :, :n]
         protected = pos < cfg.sink_tokens
         if cfg.recent_window:
             protected |= pos >= (layer.next_pos - cfg.recent_window)[:, None, None]
         if cfg.pin_prompt:
             prompt = self.prompt_lengths.to(pos.device)
-            pinnable = prompt + cfg.recent_window < cfg.budget
+            pinnable = prompt + cfg.recent_window < budget
             if not bool(pinnable.all()) and not self._warned_prompt:
                 logger.warning(
                     "prompt of %s tokens leaves no room in budget %d: its tokens compete for the budget instead "
-                    "of being pinned (so generated tokens are not all evicted)", prompt.tolist(), cfg.budget)
+                    "of being pinned (so generated tokens are not all evicted)", prompt.tolist(), budget)
                 self._warned_prompt = True
             protected |= pos < torch.where(pinnable, prompt, 0)[:, None, None]
         return protected & valid
@@ -416,15 +424,74 @@ class TriAttentionCache(Cache):
                     scores = _segment_quota_scores(ops)(scores, layer.pos[:, :, :n], cfg.position_segments)
                 selection = ops.select_keep_indices(
                     scores, layer.valid[:, :, :n], keep_real.to(scores.device), out_len, protected[i])
-            idx, keep_valid = (t.to(dev) for t in selection)
-            ops.compact_([layer.keys, layer.values], idx)
-            new_pos = torch.gather(layer.pos[:, :, : layer.length], 2, idx)
-            layer.pos[:, :, :out_len] = torch.where(keep_valid, new_pos, -1)
-            layer.valid[:, :, :out_len] = keep_valid
-            layer.length = out_len
-            layer.all_valid = bool(keep_valid.all())
+            self._apply(layer, *selection)
+        self._finish_round(trigger, int((real - keep_real).sum()))
+
+    def _apply(self, layer: TriAttentionLayer, idx: torch.Tensor, keep_valid: torch.Tensor) -> None:
+        """Gather the kept slots of one layer to the front and update its metadata."""
+        dev = layer.keys.device
+        idx, keep_valid = idx.to(dev), keep_valid.to(dev)
+        out_len = idx.shape[-1]
+        self.ops.compact_([layer.keys, layer.values], idx)
+        new_pos = torch.gather(layer.pos[:, :, : layer.length], 2, idx)
+        layer.pos[:, :, :out_len] = torch.where(keep_valid, new_pos, -1)
+        layer.valid[:, :, :out_len] = keep_valid
+        layer.length = out_len
+        layer.all_valid = bool(keep_valid.all())
+
+    @torch.no_grad()
+    def _compact_nested(self, trigger: torch.Tensor, real: torch.Tensor) -> None:
+        """Per-layer budgets: one ranking shared by all layers, each keeping its own top ``budget_l``.
+
+        Layers hold different key sets once budgets differ, so scores are merged by RoPE position (mean over
+        the scored layers that still hold a key) instead of by slot; a key no scored layer holds ranks last."""
+        cfg, ops = self.config, self.ops
+        self._refresh_online_stats()
+        pruned = self.info.pruned_layers
+        protected = {i: self._protected(self.layers[i], self.layers[i].length, self.layer_budget[i])
+                     for i in pruned}
+        started = time.perf_counter()
+        scored = self.scored_layers()
+        raw = self.policy.round_scores(self, scored, protected) if hasattr(self.policy, "round_scores") \
+            else [self.policy.layer_scores(self, i, protected[i]) for i in scored]
+        home = self.layers[pruned[0]]
+        dev = home.keys.device
+        b, h = home.keys.shape[:2]
+        span = int(home.next_pos.max())
+        total = torch.zeros(b, h, span, device=dev)
+        count = torch.zeros(b, h, span, device=dev)
+        for i, scores in zip(scored, raw):
+            layer = self.layers[i]
+            where = layer.pos[:, :, : layer.length].to(dev).clamp_min(0)
+            scores = scores.to(dev)
+            ok = torch.isfinite(scores)
+            total.scatter_add_(2, where, torch.where(ok, scores, 0.0))
+            count.scatter_add_(2, where, ok.float())
+        self.score_seconds += time.perf_counter() - started
+        evicted = 0
+        for i in pruned:
+            layer = self.layers[i]
+            n = layer.length
+            where = layer.pos[:, :, :n].to(dev).clamp_min(0)
+            seen = count.gather(2, where)
+            merged = torch.where(seen > 0, total.gather(2, where) / seen.clamp_min(1), -1e30)
+            candidates = (layer.valid[:, :, :n] & ~protected[i]).to(dev)
+            scores = merged.masked_fill(~candidates, float("-inf"))
+            have = layer.real_counts().to(dev)
+            keep = torch.where(trigger.to(dev), have.clamp_max(self.layer_budget[i]), have)
+            if bool((keep == have).all()):
+                continue  # this layer is not full yet
+            selection = ops.select_keep_indices(scores, layer.valid[:, :, :n].to(dev), keep, int(keep.max()),
+                                                protected[i].to(dev))
+            self._apply(layer, *selection)
+            if i == self._trigger_layer:
+                evicted = int((have - keep).sum())
+        self._finish_round(trigger, evicted)
+
+    def _finish_round(self, trigger: torch.Tensor, evicted: int) -> None:
+        cfg = self.config
         self.rounds += 1
-        self.tokens_evicted += int((real - keep_real).sum())
+        self.tokens_evicted += evicted  # from the layer that triggers rounds (the smallest budget)
         self._row_rounds += trigger.to(self._row_rounds.device).long()
         if self._online is not None and not cfg.online_refresh and bool((self._row_rounds > 0).all()):
             self._online_frozen = True

@@ -38,6 +38,9 @@ class TriAttentionConfig:
             (1.0 = cumulative mean; < 1 follows recent queries).
         online_weight: with an offline file, weight of the online statistics mixed into it (0 = offline only,
             1 = online only); online statistics are then collected as without a file.
+        layer_budget_slope: ``s`` in (-1, 1): pruned layer ``l`` of ``L`` keeps ``budget * (1 + s (1 - 2l/(L-1)))``
+            tokens (``s > 0``: more in lower layers, PyramidKV-like), the mean stays ``budget``. Layers keep nested
+            prefixes of one shared ranking (scores merged by RoPE position), so it needs ``per_head``.
     """
 
     budget: int = 2048
@@ -59,6 +62,7 @@ class TriAttentionConfig:
     online_refresh: bool = False
     online_decay: float = 1.0
     online_weight: float = 0.0
+    layer_budget_slope: float = 0.0
 
     def __post_init__(self):
         for name in ("budget", "interval", "offset_max_length"):
@@ -98,8 +102,21 @@ class TriAttentionConfig:
             raise ValueError(f"online_decay must be in (0, 1], got {self.online_decay!r}")
         if not 0.0 <= float(self.online_weight) <= 1.0:
             raise ValueError(f"online_weight must be in [0, 1], got {self.online_weight!r}")
+        if not -1.0 < float(self.layer_budget_slope) < 1.0:
+            raise ValueError(f"layer_budget_slope must be in (-1, 1), got {self.layer_budget_slope!r}")
+        if self.layer_budget_slope and (self.granularity != "per_head" or self.layer_aggregation != "mean"):
+            raise ValueError("layer_budget_slope keeps nested prefixes of one shared ranking: it needs "
+                             "granularity 'per_head' with layer_aggregation 'mean'")
         if self.online_decay != 1.0 and not self.online_refresh:
             raise ValueError("online_decay only acts with online_refresh=True")
+
+    def layer_budgets(self, n_layers: int) -> list:
+        """Budget of each of ``n_layers`` pruned layers (all ``budget`` unless ``layer_budget_slope``)."""
+        if not self.layer_budget_slope or n_layers < 2:
+            return [self.budget] * n_layers
+        floor = self.sink_tokens + self.recent_window + 1
+        return [max(floor, int(round(self.budget * (1 + self.layer_budget_slope * (1 - 2 * i / (n_layers - 1))))))
+                for i in range(n_layers)]
 
     def to_dict(self) -> dict:
         return asdict(self)
