@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 9 exploration: one change at a time from TriAttention-online, on a DEVELOPMENT segment of the essays
 # (tokens 16384..20480; the reported test segments are essays 0..4096 and Hamlet 0..4096, never used here).
-# Usage: bash scripts/explore_policies.sh [batch ...]   (batches a-f, d/e = combinations after a-c, f = per-layer budgets; results in results/dev/)
+# Usage: bash scripts/explore_policies.sh [batch ...]   (batches a-g, d/e = combinations after a-c, f/g = per-layer budgets; results in results/dev/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .venv/bin/activate
@@ -25,6 +25,7 @@ for batch in "${@:-a b c}"; do
     e) run explore_e "$T" "$T[score_layer_stride=4]" "$T[score_normalization=softmax,score_layer_stride=4]" \
          "$T[score_normalization=softmax,score_layer_stride=2]" "snapkv[kernel_size=1,recent_window=32]" streamingllm ;;
     f) run explore_f "$T[layer_budget_slope=0.5]" "$T[layer_budget_slope=-0.5]" ;;
+    g) run explore_g "$T[score_layer_stride=4,layer_budget_slope=-0.5]" "$T[layer_budget_slope=-0.25]" ;;
     *) echo "unknown batch $batch" >&2; exit 2 ;;
   esac
 done

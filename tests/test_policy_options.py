@@ -309,3 +309,12 @@ def test_layer_budgets_with_zero_slope_are_the_shared_path(tiny_llama):
     a = feed(tiny_llama, ts.TriAttentionCache(tiny_llama, budget=16, interval=8), 50)
     b = feed(tiny_llama, ts.TriAttentionCache(tiny_llama, budget=16, interval=8, layer_budget_slope=0.0), 50)
     assert torch.equal(a.layers[1].pos, b.layers[1].pos)
+
+
+def test_quality_preset_is_reachable_by_name():
+    assert make_policy("triattention-quality")[1] == {"layer_budget_slope": -0.5}
+    assert ts.preset("quality").layer_budget_slope == -0.5
+    model = tiny_model("llama", num_hidden_layers=4)
+    cache = feed(model, build_cache(model, "triattention-quality", 16, 8), 60)
+    assert cache.calibration is None and cache.rounds >= 2
+    assert [cache.layer_budget[i] for i in range(4)] == [8, 13, 19, 24]

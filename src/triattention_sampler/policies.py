@@ -230,6 +230,8 @@ METHODS = {
     "triattention": (TriAttentionPolicy, {}, {}),
     # The sampler's recommended setting (config preset "recommended"); callers use online statistics for it.
     "triattention-recommended": (TriAttentionPolicy, {}, dict(PRESETS["recommended"])),
+    # Best measured quality at 4x the scoring reads (config preset "quality"); online statistics as well.
+    "triattention-quality": (TriAttentionPolicy, {}, dict(PRESETS["quality"])),
     "streamingllm": (StreamingLLMPolicy, {}, {"sink_tokens": 4}),
     "random": (RandomPolicy, {}, {}),
     "knorm": (KeyNormPolicy, {}, {}),

@@ -46,7 +46,7 @@ def build_cache(model, method: str, budget: int, interval: int, *, calibration=N
                              model_info=model_info, policy=policy)
 
 
-ONLINE_METHODS = ("triattention-online", "triattention-recommended")  # evaluated without an offline file
+ONLINE_METHODS = ("triattention-online", "triattention-recommended", "triattention-quality")  # evaluated without an offline file
 
 
 def uses_calibration(method: str) -> bool:
