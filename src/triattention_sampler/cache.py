@@ -368,7 +368,7 @@ class TriAttentionCache(Cache):
         if bool(trigger.any()):
             started = time.perf_counter()
             if self.config.layer_budget_slope:
-                self._compact_nested(trigger, real)
+                self._compact_nested(trigger)
             else:
                 self._compact(trigger, real)
             self.compact_seconds += time.perf_counter() - started  # scoring + selection + compaction
@@ -405,11 +405,7 @@ class TriAttentionCache(Cache):
         else:
             protected = {i: self._protected(self.layers[i], self.layers[i].length) for i in pruned}
         started = time.perf_counter()
-        scored = self.scored_layers()
-        if hasattr(self.policy, "round_scores"):  # all scored layers at once (TriAttention)
-            raw = self.policy.round_scores(self, scored, protected)
-        else:
-            raw = [self.policy.layer_scores(self, i, protected[i]) for i in scored]
+        raw = self._raw_scores(protected)
         extra = {} if cfg.layer_aggregation == "mean" else {"layer_aggregation": cfg.layer_aggregation}
         combined = ops.combine_layers(raw, cfg.granularity, **extra)
         per_layer = [combined[0]] * len(pruned) if shared else combined
@@ -427,6 +423,13 @@ class TriAttentionCache(Cache):
             self._apply(layer, *selection)
         self._finish_round(trigger, int((real - keep_real).sum()))
 
+    def _raw_scores(self, protected) -> List[torch.Tensor]:
+        """The policy's ``[B, Hkv, N]`` scores of every scored layer (TriAttention scores them all at once)."""
+        scored = self.scored_layers()
+        if hasattr(self.policy, "round_scores"):
+            return self.policy.round_scores(self, scored, protected)
+        return [self.policy.layer_scores(self, i, protected[i]) for i in scored]
+
     def _apply(self, layer: TriAttentionLayer, idx: torch.Tensor, keep_valid: torch.Tensor) -> None:
         """Gather the kept slots of one layer to the front and update its metadata."""
         dev = layer.keys.device
@@ -440,7 +443,7 @@ class TriAttentionCache(Cache):
         layer.all_valid = bool(keep_valid.all())
 
     @torch.no_grad()
-    def _compact_nested(self, trigger: torch.Tensor, real: torch.Tensor) -> None:
+    def _compact_nested(self, trigger: torch.Tensor) -> None:
         """Per-layer budgets: one ranking shared by all layers, each keeping its own top ``budget_l``.
 
         Layers hold different key sets once budgets differ, so scores are merged by RoPE position (mean over
@@ -452,8 +455,7 @@ class TriAttentionCache(Cache):
                      for i in pruned}
         started = time.perf_counter()
         scored = self.scored_layers()
-        raw = self.policy.round_scores(self, scored, protected) if hasattr(self.policy, "round_scores") \
-            else [self.policy.layer_scores(self, i, protected[i]) for i in scored]
+        raw = self._raw_scores(protected)
         home = self.layers[pruned[0]]
         dev = home.keys.device
         b, h = home.keys.shape[:2]
@@ -510,12 +512,16 @@ class TriAttentionCache(Cache):
 
     def scored_layers(self) -> List[int]:
         """Pruned layers whose scores decide a round (every ``score_layer_stride``-th, from ``stride // 2``)."""
-        stride = self.config.score_layer_stride
-        return list(self.info.pruned_layers[stride // 2::stride]) or list(self.info.pruned_layers[:1])
+        return scored_layer_ids(self.info.pruned_layers, self.config.score_layer_stride)
 
     def _refresh_online_stats(self) -> None:
         if self._online is not None and not self._online_frozen:
             self._layer_stats.clear()  # some row is still collecting: recompute from the current sums
+
+
+def scored_layer_ids(pruned: List[int], stride: int) -> List[int]:
+    """Every ``stride``-th of the pruned layers, from ``stride // 2`` (at least the first)."""
+    return list(pruned[stride // 2::stride]) or list(pruned[:1])
 
 
 def _segment_quota_scores(ops):

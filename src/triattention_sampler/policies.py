@@ -4,9 +4,11 @@ A policy returns, for one pruned layer, scores ``[B, Hkv, N]`` (higher = keep; `
 candidate). Protection (sinks, pinned prompt, recent window), layer combination (granularity), exact
 top-k and compaction are shared by every policy, so baselines differ from TriAttention only in scoring.
 """
+import inspect
+
 import torch
 
-from .config import PRESETS
+from .config import PRESETS, TriAttentionConfig
 
 
 class TriAttentionPolicy:
@@ -294,10 +296,6 @@ def parse_method(spec: str):
 def make_policy(method: str, seed: int = 0):
     """(policy, config overrides) for a method spec: a name in :data:`METHODS` optionally followed by
     ``[key=value,...]`` settings (config fields or the policy's keyword arguments)."""
-    import inspect
-
-    from .config import TriAttentionConfig
-
     name, settings = parse_method(method)
     name = ALIASES.get(name, name)
     if name not in METHODS:

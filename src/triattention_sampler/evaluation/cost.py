@@ -12,6 +12,7 @@ Counted per round for ``n_keys`` cached keys per pruned layer (``budget + interv
 """
 from typing import Dict
 
+from ..cache import scored_layer_ids
 from ..config import TriAttentionConfig
 from ..policies import KeyNormPolicy, RandomPolicy, SnapKVPolicy, StreamingLLMPolicy, TriAttentionPolicy, \
     make_policy, parse_method
@@ -32,7 +33,7 @@ def scoring_cost(method: str, info: ModelInfo, n_keys: int, *, element_bytes: in
     if name == "full":
         layers, nbytes, flops = 0, 0, 0
     elif isinstance(policy, TriAttentionPolicy):
-        layers = len(pruned[cfg.score_layer_stride // 2::cfg.score_layer_stride]) or min(1, len(pruned))
+        layers = len(scored_layer_ids(pruned, cfg.score_layer_stride))
         nbytes = layers * (keys + hq * (d + f) * 4)
         flops = layers * n * (2 * hq * d + 3 * hkv * f + 2 * hq * f)
     elif isinstance(policy, SnapKVPolicy):
