@@ -318,3 +318,19 @@ def test_quality_preset_is_reachable_by_name():
     cache = feed(model, build_cache(model, "triattention-quality", 16, 8), 60)
     assert cache.calibration is None and cache.rounds >= 2
     assert [cache.layer_budget[i] for i in range(4)] == [8, 13, 19, 24]
+
+
+def test_position_segments_also_apply_with_layer_budgets():
+    model = tiny_model("llama", num_hidden_layers=4)
+
+    def kept(segments):
+        cache = ts.TriAttentionCache(model, budget=32, interval=32, layer_budget_slope=0.5,
+                                     position_segments=segments, policy=StreamingLLMPolicy())
+        feed(model, cache, 49)  # one round, when the budget-16 layer holds 48 tokens
+        assert cache.rounds == 1
+        layer = cache.layers[cache._trigger_layer]  # keeps the pinned token + 15 of positions 1..47
+        return layer.pos[0, 0, 1:16]
+
+    assert int(kept(0).min()) == 33  # the newest 15 only
+    quarters = torch.bincount(((kept(4) - 1) * 4 // 47).clamp(0, 3), minlength=4)
+    assert (quarters >= 3).all(), quarters  # every quarter of the positions keeps its share

@@ -415,11 +415,7 @@ class TriAttentionCache(Cache):
             layer = self.layers[i]
             dev = layer.keys.device
             if selection is None or not shared:
-                n = layer.length
-                if cfg.position_segments > 1:
-                    scores = _segment_quota_scores(ops)(scores, layer.pos[:, :, :n], cfg.position_segments)
-                selection = ops.select_keep_indices(
-                    scores, layer.valid[:, :, :n], keep_real.to(scores.device), out_len, protected[i])
+                selection = self._select(layer, scores, keep_real, out_len, protected[i])
             self._apply(layer, *selection)
         self._finish_round(trigger, int((real - keep_real).sum()))
 
@@ -429,6 +425,15 @@ class TriAttentionCache(Cache):
         if hasattr(self.policy, "round_scores"):
             return self.policy.round_scores(self, scored, protected)
         return [self.policy.layer_scores(self, i, protected[i]) for i in scored]
+
+    def _select(self, layer: TriAttentionLayer, scores: torch.Tensor, keep: torch.Tensor, out_len: int,
+                protected: torch.Tensor):
+        """Keep sets of one layer from its selection scores (position quotas first, when configured)."""
+        n, dev = layer.length, scores.device
+        if self.config.position_segments > 1:
+            scores = _segment_quota_scores(self.ops)(scores, layer.pos[:, :, :n].to(dev), self.config.position_segments)
+        return self.ops.select_keep_indices(scores, layer.valid[:, :, :n].to(dev), keep.to(dev), out_len,
+                                            protected.to(dev))
 
     def _apply(self, layer: TriAttentionLayer, idx: torch.Tensor, keep_valid: torch.Tensor) -> None:
         """Gather the kept slots of one layer to the front and update its metadata."""
@@ -448,7 +453,6 @@ class TriAttentionCache(Cache):
 
         Layers hold different key sets once budgets differ, so scores are merged by RoPE position (mean over
         the scored layers that still hold a key) instead of by slot; a key no scored layer holds ranks last."""
-        cfg, ops = self.config, self.ops
         self._refresh_online_stats()
         pruned = self.info.pruned_layers
         protected = {i: self._protected(self.layers[i], self.layers[i].length, self.layer_budget[i])
@@ -483,9 +487,7 @@ class TriAttentionCache(Cache):
             keep = torch.where(trigger.to(dev), have.clamp_max(self.layer_budget[i]), have)
             if bool((keep == have).all()):
                 continue  # this layer is not full yet
-            selection = ops.select_keep_indices(scores, layer.valid[:, :, :n].to(dev), keep, int(keep.max()),
-                                                protected[i].to(dev))
-            self._apply(layer, *selection)
+            self._apply(layer, *self._select(layer, scores, keep, int(keep.max()), protected[i]))
             if i == self._trigger_layer:
                 evicted = int((have - keep).sum())
         self._finish_round(trigger, evicted)
