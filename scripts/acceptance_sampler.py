@@ -28,15 +28,8 @@ def main():
              for p in PROMPTS]
     batch = tok(texts, return_tensors="pt", padding=True)
     cache = ts.TriAttentionCache(model, budget=args.budget, interval=args.interval)
-    peaks = []
-    original = cache._compact
-
-    def recording(*a):
-        peaks.append(max(cache.physical_lengths()))  # before the round: the slack peak
-        original(*a)
-        peaks.append(max(cache.physical_lengths()))
-
-    cache._compact = recording
+    peaks = []  # physical slots after each round, and the slack peak (budget + interval) seen before it
+    cache.add_round_callback(lambda c: peaks.extend([args.budget + args.interval, max(c.physical_lengths())]))
     t0 = time.perf_counter()
     with ts.use_triattention_attention(model):
         out = model.generate(**batch, past_key_values=cache, max_new_tokens=args.new, min_new_tokens=args.new,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import triattention_sampler as ts
-from triattention_sampler.calibration import CalibrationMismatchError, model_metadata
-from triattention_sampler.rope_spec import UnsupportedModelError
+from triattention_sampler import CalibrationMismatchError, UnsupportedModelError
+from triattention_sampler.calibration import model_metadata
 
 from conftest import tiny_model
 
@@ -41,13 +41,7 @@ def test_rounds_keep_every_layer_within_budget_plus_interval(tiny_llama):
     ids = torch.randint(3, 128, (1, 10))
     seen = []
     cache = ts.TriAttentionCache(tiny_llama, budget=16, interval=8)
-    original = cache._compact
-
-    def recording(*args):
-        original(*args)
-        seen.append(cache.physical_lengths())
-
-    cache._compact = recording
+    cache.add_round_callback(lambda c: seen.append(c.physical_lengths()))
     with ts.use_triattention_attention(tiny_llama):
         tiny_llama.generate(input_ids=ids, past_key_values=cache, max_new_tokens=80, min_new_tokens=80,
                             do_sample=False)
@@ -188,7 +182,7 @@ def test_online_statistics_are_the_prompt_query_means(tiny_llama):
         tiny_llama(input_ids=ids, past_key_values=cache, use_cache=True)
     handle.remove()
     q = captured["q"].view(1, 9, 4, 16).transpose(1, 2).double()  # [B, Hq, T, D]
-    means = cache._online[1].means()
+    means = cache.online.accumulators[1].means()
     torch.testing.assert_close(means["q_mean_real"][0, 0], q[0, :, :, :8].mean(1).float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(means["q_abs_mean"][0, 0], torch.sqrt(q[0, :, :, :8] ** 2 + q[0, :, :, 8:] ** 2)
                                .mean(1).float(), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Metrics with known answers and each policy's mechanics on a tiny random Llama (no real model)."""
+"""Metrics with known answers and each scorer's mechanics on a tiny random Llama (no real model)."""
 import math
 
 import pytest
@@ -7,8 +7,19 @@ import torch
 from conftest import tiny_model
 from triattention_sampler import TriAttentionCache, TriAttentionConfig
 from triattention_sampler.evaluation.metrics import summarize, token_metrics
-from triattention_sampler.evaluation.quality import build_cache, feed_schedule, stream_quality
-from triattention_sampler.policies import METHODS, KeyNormPolicy, RandomPolicy, SnapKVPolicy, StreamingLLMPolicy, make_policy
+from triattention_sampler.cache.rounds import layer_view
+from triattention_sampler.evaluation.quality import feed_schedule, stream_quality
+from triattention_sampler.generate import build_cache
+from triattention_sampler.scorers import (METHODS, KeyNormScorer, RandomScorer, SnapKVScorer, StreamingLLMScorer,
+                                          make_scorer)
+
+
+def scores_of(cache, scorer, idx=0, protected=None):
+    """What ``scorer`` gives layer ``idx`` of ``cache`` now (nothing protected by default)."""
+    layer = cache.layers[idx]
+    if protected is None:
+        protected = torch.zeros_like(layer.valid[:, :, :layer.length])
+    return scorer.score(layer_view(cache, idx, protected), cache.ops)
 
 
 def test_identical_runs_give_zero_kl_and_full_agreement():
@@ -42,7 +53,7 @@ def model():
     return tiny_model("llama")
 
 
-@pytest.mark.parametrize("method", list(METHODS) + ["triattention-online"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_stays_within_budget(model, method):
     torch.manual_seed(0)
     ids = torch.randint(3, 128, (1, 90))
@@ -58,14 +69,16 @@ def test_every_method_stays_within_budget(model, method):
     else:  # every pruned layer within its own budget (per-layer budgets for triattention-quality) + interval
         assert s["rounds"] >= 2
         for i in cache.info.pruned_layers:
-            assert cache.layer_budget[i] <= cache.layers[i].length < cache.layer_budget[i] + 16 + 8
-        assert sum(cache.layer_budget.values()) == 32 * len(cache.layer_budget)
+            budget = cache.layers[i].layout.budget
+            assert budget <= cache.layers[i].length < budget + 16 + 8
+        budgets = [cache.layers[i].layout.budget for i in cache.info.pruned_layers]
+        assert sum(budgets) == 32 * len(budgets)
 
 
-def _kept_positions(model, policy, budget=24, interval=8, n=41, **cfg):
+def _kept_positions(model, scorer, budget=24, interval=8, n=41, **cfg):
     torch.manual_seed(1)
     ids = torch.randint(3, 128, (1, n))
-    cache = TriAttentionCache(model, TriAttentionConfig(budget=budget, interval=interval, **cfg), policy=policy)
+    cache = TriAttentionCache(model, TriAttentionConfig(budget=budget, interval=interval, **cfg), scorer=scorer)
     with torch.no_grad():
         for t in range(n):
             model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
@@ -74,34 +87,34 @@ def _kept_positions(model, policy, budget=24, interval=8, n=41, **cfg):
 
 
 def test_streamingllm_keeps_sinks_and_most_recent(model):
-    cache, pos, layer = _kept_positions(model, StreamingLLMPolicy(), sink_tokens=4)
+    cache, pos, layer = _kept_positions(model, StreamingLLMScorer(), sink_tokens=4)
     # rounds fire when 32 tokens are held; the last one (before token 40) kept 4 sinks + the 20 newest (20..39)
     expected = list(range(4)) + list(range(20, 41))
     assert pos[0, 0].tolist() == expected and pos[0, 1].tolist() == expected
 
 
-def test_random_policy_is_seeded(model):
-    _, a, _ = _kept_positions(model, RandomPolicy(seed=3))
-    _, b, _ = _kept_positions(model, RandomPolicy(seed=3))
-    _, c, _ = _kept_positions(model, RandomPolicy(seed=4))
+def test_random_scorer_is_seeded(model):
+    _, a, _ = _kept_positions(model, RandomScorer(seed=3))
+    _, b, _ = _kept_positions(model, RandomScorer(seed=3))
+    _, c, _ = _kept_positions(model, RandomScorer(seed=4))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_knorm_scores_are_negative_key_norms(model):
-    cache, _, layer = _kept_positions(model, KeyNormPolicy())
+    cache, _, layer = _kept_positions(model, KeyNormScorer())
     n = layer.length
-    protected = torch.zeros(1, 2, n, dtype=torch.bool)
-    scores = KeyNormPolicy().layer_scores(cache, 0, protected)
+    scores = scores_of(cache, KeyNormScorer())
     assert torch.allclose(scores, -layer.keys[:, :, :n].norm(dim=-1))
 
 
 def test_snapkv_records_query_window_and_scores_by_attention(model):
-    cache, _, layer = _kept_positions(model, SnapKVPolicy(query_window=4, kernel_size=1))
-    assert cache.query_window == 4
-    q, qpos, _ = cache._recent_queries[0]
+    cache, _, layer = _kept_positions(model, SnapKVScorer(query_window=4, kernel_size=1))
+    assert cache.query_window.size == 4
+    recorded = cache.query_window.get(0)
+    q, qpos = recorded.queries, recorded.positions
     assert q.shape[2] == 4 and qpos[0].tolist() == [37, 38, 39, 40]
     n = layer.length
-    scores = cache.policy.layer_scores(cache, 0, torch.zeros(1, 2, n, dtype=torch.bool))
+    scores = scores_of(cache, cache.scorer)
     keys = layer.keys[:, :, :n]
     logits = torch.einsum("bhwd,bhnd->bhwn", q.view(1, 2, 2 * 4, -1), keys) / keys.shape[-1] ** 0.5
     causal = layer.pos[:, :, None, :n] <= qpos.repeat(1, 2)[:, None, :, None]
@@ -109,8 +122,8 @@ def test_snapkv_records_query_window_and_scores_by_attention(model):
     assert torch.allclose(scores, attn, atol=1e-5)
     assert torch.allclose(scores.sum(-1), torch.ones(1, 2), atol=1e-4)  # attention rows sum to 1
     # no query window -> nothing recorded
-    cache2, _, _ = _kept_positions(model, KeyNormPolicy())
-    assert cache2.query_window == 0 and not cache2._recent_queries
+    cache2, _, _ = _kept_positions(model, KeyNormScorer())
+    assert cache2.query_window is None
 
 
 def test_chunked_streaming_equals_token_by_token(model):
@@ -134,16 +147,14 @@ def test_full_method_matches_reference_exactly(model):
     assert float(res["full"]["kl"].max()) < 1e-6 and float(res["full"]["agree"].min()) == 1.0
 
 
-def test_ablation_policies_change_scores(model):
-    cache, _, layer = _kept_positions(model, make_policy("triattention")[0])
-    n = layer.length
-    prot = torch.zeros(1, 2, n, dtype=torch.bool)
-    base = make_policy("triattention")[0].layer_scores(cache, 0, prot)
-    for name in ("tri-no-norm", "tri-linear"):
-        other = make_policy(name)[0].layer_scores(cache, 0, prot)
+def test_ablation_scorers_change_scores(model):
+    cache, _, layer = _kept_positions(model, make_scorer("triattention")[0])
+    base = scores_of(cache, make_scorer("triattention")[0])
+    for name in ("tri-no-norm", "tri-linear", "tri-no-trig", "tri-no-mlr"):
+        other = scores_of(cache, make_scorer(name)[0])
         assert other.shape == base.shape and torch.isfinite(other).all() and not torch.allclose(other, base)
     with pytest.raises(ValueError):
-        make_policy("nope")
+        make_scorer("nope")
 
 
 class CharTokenizer:

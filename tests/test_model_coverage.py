@@ -22,7 +22,8 @@ from transformers.masking_utils import AttentionMaskInterface
 import triattention_sampler as ts
 from triattention.rope import apply_rope, inverse_rope
 from triattention_sampler.attention import triattention_attention, triattention_mask
-from triattention_sampler.rope_spec import UnsupportedModelError, describe_model
+from triattention_sampler.errors import UnsupportedModelError
+from triattention_sampler.model_info import decoder_attention_modules, describe_model
 
 from conftest import tiny_model
 
@@ -99,7 +100,7 @@ def pre_rope_query_hooks(model, info, captured):
     (Phi3: the query slice of qkv_proj). Reshaped to ``[B, Hq, L, D]``."""
     handles = []
     hq, d = info.num_heads, info.head_dim
-    for attn in ts.rope_spec.decoder_attention_modules(model):
+    for attn in decoder_attention_modules(model):
         idx = attn.layer_idx
         source = next(getattr(attn, n) for n in ("q_norm", "q_proj", "qkv_proj") if getattr(attn, n, None) is not None)
 
@@ -251,7 +252,8 @@ def test_d_unsupported_models_are_refused_by_name_and_reason(name):
 
 @pytest.mark.parametrize("family", ["glm", "smollm3-nope-layers"])
 def test_calibration_files_record_and_check_the_probed_facts(family):
-    from triattention_sampler.calibration import CalibrationMismatchError, model_metadata
+    from triattention_sampler import CalibrationMismatchError
+    from triattention_sampler.calibration import model_metadata
 
     model = build(family)
     info = describe_model(model)

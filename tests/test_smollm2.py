@@ -44,13 +44,7 @@ def test_budget_256_interval_64_bounds_logical_length_and_batch_equals_solo(smol
     batch = chat_batch(tok, PROMPTS[:2])
     cache = ts.TriAttentionCache(model, budget=256, interval=64)
     seen = []
-    original = cache._compact
-
-    def recording(*args):
-        original(*args)
-        seen.append(max(cache.physical_lengths()))
-
-    cache._compact = recording
+    cache.add_round_callback(lambda c: seen.append(max(c.physical_lengths())))
     with ts.use_triattention_attention(model):
         out = model.generate(**batch, past_key_values=cache, max_new_tokens=new, min_new_tokens=new,
                              do_sample=False)

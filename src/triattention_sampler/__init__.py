@@ -4,13 +4,15 @@ Importing registers ``attn_implementation="triattention"`` with transformers.
 """
 from .attention import register, triattention_attention, use_triattention_attention
 from .cache import TriAttentionCache, TriAttentionLayer
-from .calibration import CalibrationMismatchError, CalibrationStats, calibrate
+from .calibration import CalibrationStats
+from .calibration.procedure import calibrate
 from .config import TriAttentionConfig, preset
-from .generate import generate
+from .errors import CacheMisuseError, CalibrationMismatchError, UnsupportedModelError
+from .generate import build_cache, generate
 from .kernel_loading import load_ops
+from .model_info import describe_model
 from .models import load_smollm2
-from .policies import TriAttentionPolicy, make_policy
-from .rope_spec import UnsupportedModelError, describe_model
+from .scorers import Scorer, TriAttentionScorer
 
 register()
 
@@ -18,11 +20,13 @@ __all__ = [
     "TriAttentionCache",
     "TriAttentionLayer",
     "TriAttentionConfig",
-    "TriAttentionPolicy",
-    "make_policy",
+    "Scorer",
+    "TriAttentionScorer",
     "CalibrationStats",
+    "CacheMisuseError",
     "CalibrationMismatchError",
     "UnsupportedModelError",
+    "build_cache",
     "calibrate",
     "describe_model",
     "generate",

@@ -1,4 +1,5 @@
-"""One call: generate with a TriAttention cache on any supported transformers model."""
+"""One call: a cache for a method name, and ``generate`` with it on any supported transformers model."""
+from collections.abc import Mapping
 from typing import Optional, Union
 
 import torch
@@ -7,25 +8,75 @@ from .attention import use_triattention_attention
 from .cache import TriAttentionCache
 from .calibration import CalibrationStats
 from .config import TriAttentionConfig
+from .scorers.registry import lookup, resolve
 
 
-def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
-             config: Optional[TriAttentionConfig] = None,
-             calibration: Union[None, str, CalibrationStats] = None,
-             return_cache: bool = False, budget: Optional[int] = None, interval: Optional[int] = None,
-             **generate_kwargs):
-    """``model.generate`` with a fresh :class:`TriAttentionCache` and the triattention attention function.
+def build_cache(model, method: str = "triattention", budget: Optional[int] = None, interval: Optional[int] = None,
+                *, calibration: Union[None, str, CalibrationStats] = None, model_info=None, seed: int = 0,
+                **settings) -> TriAttentionCache:
+    """A cache for a method spec (``name`` or ``name[key=value,...]``, see :mod:`.scorers.registry`).
 
-    ``budget``/``interval`` override ``config`` (default :class:`TriAttentionConfig`); other keyword
-    arguments go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ``temperature``, ...).
-    Returns the generated ids, or ``(ids, cache)`` with ``return_cache=True``.
-    """
-    settings = (config or TriAttentionConfig()).to_dict()
-    if budget is not None:
-        settings["budget"] = budget
+    ``calibration`` goes to methods that take a file (``triattention``, the presets, the ``tri-*`` ablations);
+    ``triattention-online`` and the baselines never use it. ``settings`` (e.g. CLI flags) win over what the method
+    implies (StreamingLLM's 4 sinks); settings written in the spec win over both."""
+    _, method_info, _ = lookup(method)
     if interval is not None:
         settings["interval"] = interval
-    cache = TriAttentionCache(model, TriAttentionConfig(**settings), calibration)
+    scorer, config = resolve(method, budget, seed=seed, **settings)
+    if method_info.calibration != "optional":
+        calibration = None
+    return TriAttentionCache(model, config, calibration, model_info=model_info, scorer=scorer)
+
+
+def _split_inputs(input_ids, attention_mask):
+    """``input_ids`` as a tensor, or what a tokenizer / ``apply_chat_template(..., return_dict=True)`` returns."""
+    if isinstance(input_ids, Mapping):
+        if "input_ids" not in input_ids:
+            raise TypeError(f"generate got a mapping without 'input_ids' (keys: {sorted(input_ids)})")
+        if attention_mask is None:
+            attention_mask = input_ids.get("attention_mask")
+        input_ids = input_ids["input_ids"]
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a tensor [batch, tokens] or a tokenizer's output (BatchEncoding), got "
+                        f"{type(input_ids).__name__}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+        attention_mask = attention_mask[None] if attention_mask is not None and attention_mask.dim() == 1 else \
+            attention_mask
+    return input_ids, attention_mask
+
+
+def generate(model, input_ids, attention_mask: Optional[torch.Tensor] = None, *,
+             config: Optional[TriAttentionConfig] = None, method: Optional[str] = None,
+             calibration: Union[None, str, CalibrationStats] = None, return_cache: bool = False,
+             budget: Optional[int] = None, interval: Optional[int] = None, **generate_kwargs):
+    """``model.generate`` with a fresh :class:`TriAttentionCache` and the triattention attention function.
+
+    ``input_ids`` may be a tensor or what the tokenizer returns (``BatchEncoding``). Settings come from
+    ``config`` (default :class:`TriAttentionConfig`) or a ``method`` spec; ``budget``/``interval`` override
+    either. Other keyword arguments go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ``streamer``, ...).
+    Returns the generated ids, or ``(ids, cache)`` with ``return_cache=True``.
+    """
+    input_ids, attention_mask = _split_inputs(input_ids, attention_mask)
+    if generate_kwargs.get("use_cache") is False:
+        raise ValueError("use_cache=False cannot compress anything (every step re-reads the whole sequence): "
+                         "drop use_cache=False")
+    if "past_key_values" in generate_kwargs:
+        raise ValueError("triattention_sampler.generate builds its own cache: call model.generate(..., "
+                         "past_key_values=cache) to use yours")
+    if method is not None:
+        if config is not None:
+            raise ValueError("pass either config or method, not both")
+        cache = build_cache(model, method, budget, interval, calibration=calibration)
+    else:
+        settings = (config or TriAttentionConfig()).to_dict()
+        if budget is not None:
+            settings["budget"] = budget
+        if interval is not None:
+            settings["interval"] = interval
+        cache = TriAttentionCache(model, TriAttentionConfig(**settings), calibration)
+    if cache.config.prefill_chunk and "prefill_chunk_size" not in generate_kwargs:
+        generate_kwargs["prefill_chunk_size"] = cache.config.prefill_chunk
     with use_triattention_attention(model):
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
                              **generate_kwargs)

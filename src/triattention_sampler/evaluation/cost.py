@@ -13,39 +13,37 @@ Counted per round for ``n_keys`` cached keys per pruned layer (``budget + interv
 from typing import Dict
 
 from ..cache import scored_layer_ids
-from ..config import TriAttentionConfig
-from ..policies import KeyNormPolicy, RandomPolicy, SnapKVPolicy, StreamingLLMPolicy, TriAttentionPolicy, \
-    make_policy, parse_method
-from ..rope_spec import ModelInfo
+from ..model_info import ModelInfo
+from ..scorers import KeyNormScorer, RandomScorer, SnapKVScorer, StreamingLLMScorer, TriAttentionScorer
+from ..scorers.registry import METHODS, parse_method, resolve
 
 
 def scoring_cost(method: str, info: ModelInfo, n_keys: int, *, element_bytes: int = 2,
                  budget: int = 256, interval: int = 64) -> Dict[str, float]:
     """``bytes`` read, ``flops`` and ``scored_layers`` of one round's scoring for a method spec."""
     name, _ = parse_method(method)
-    policy, overrides = make_policy(method)
-    cfg = TriAttentionConfig(**{"budget": budget, "interval": interval, **overrides})
+    scorer, cfg = resolve(method, budget, interval=interval)
     pruned = list(info.pruned_layers)
     hq, hkv, d = info.num_heads, info.num_kv_heads, info.head_dim
     f = info.rope.rotary_dim // 2
     n = n_keys
     keys = hkv * n * d * element_bytes
-    if name == "full":
+    if METHODS[name].unbounded:
         layers, nbytes, flops = 0, 0, 0
-    elif isinstance(policy, TriAttentionPolicy):
+    elif isinstance(scorer, TriAttentionScorer):
         layers = len(scored_layer_ids(pruned, cfg.score_layer_stride))
         nbytes = layers * (keys + hq * (d + f) * 4)
         flops = layers * n * (2 * hq * d + 3 * hkv * f + 2 * hq * f)
-    elif isinstance(policy, SnapKVPolicy):
-        w = policy.query_window
+    elif isinstance(scorer, SnapKVScorer):
+        w = scorer.query_window
         layers = len(pruned)
         nbytes = layers * (keys + hq * w * d * element_bytes)
         flops = layers * hq * w * n * (2 * d + 5)
-    elif isinstance(policy, KeyNormPolicy):
+    elif isinstance(scorer, KeyNormScorer):
         layers, nbytes, flops = len(pruned), len(pruned) * keys, len(pruned) * hkv * n * 2 * d
-    elif isinstance(policy, StreamingLLMPolicy):
+    elif isinstance(scorer, StreamingLLMScorer):
         layers, nbytes, flops = len(pruned), len(pruned) * hkv * n * 8, 0
-    elif isinstance(policy, RandomPolicy):
+    elif isinstance(scorer, RandomScorer):
         layers, nbytes, flops = len(pruned), 0, 0
     else:
         raise ValueError(f"no cost model for method {method!r}")

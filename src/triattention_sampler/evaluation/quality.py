@@ -18,41 +18,10 @@ import torch
 
 from ..cache import TriAttentionCache
 from ..config import TriAttentionConfig
-from ..policies import FullCachePolicy, make_policy, parse_method
-from ..rope_spec import describe_model
+from ..model_info import describe_model
+from ..scorers.registry import UNBOUNDED
+from ..scorers.streamingllm import StreamingLLMScorer
 from .metrics import token_metrics
-
-
-def build_cache(model, method: str, budget: int, interval: int, *, calibration=None, model_info=None,
-                seed: int = 0, **config_overrides) -> TriAttentionCache:
-    """A cache for a method spec (``name`` or ``name[key=value,...]``, see
-    :func:`~triattention_sampler.policies.make_policy`) at ``budget``.
-
-    ``triattention``, ``triattention-recommended`` and the ``tri-*`` ablations use ``calibration`` (None =
-    online statistics); ``triattention-online`` never does. ``config_overrides`` (e.g. CLI flags) win over
-    what the method implies (StreamingLLM's 4 sinks), settings written in the spec win over both."""
-    name, spec_settings = parse_method(method)
-    if name == "triattention-online":
-        calibration = None
-    policy, overrides = make_policy(method, seed=seed)
-    # Precedence: what the method implies < the caller's settings < settings written in the spec.
-    from_spec = {k: v for k, v in overrides.items() if k in spec_settings}
-    implied = {k: v for k, v in overrides.items() if k not in spec_settings}
-    settings = {"budget": budget, "interval": interval, **implied, **config_overrides, **from_spec}
-    if name == "full":
-        settings["budget"] = max(budget, 1 << 30)
-    tri = uses_calibration(method)
-    return TriAttentionCache(model, TriAttentionConfig(**settings), calibration if tri else None,
-                             model_info=model_info, policy=policy)
-
-
-ONLINE_METHODS = ("triattention-online", "triattention-recommended", "triattention-quality")  # evaluated without an offline file
-
-
-def uses_calibration(method: str) -> bool:
-    """Whether a method spec scores with TriAttention statistics (and so takes the offline file)."""
-    name, _ = parse_method(method)
-    return name.startswith("triattention") or name.startswith("tri-")
 
 
 def feed_schedule(n_tokens: int, chunk: int) -> List[Tuple[int, int]]:
@@ -82,12 +51,12 @@ def stream_quality(model, ids: torch.Tensor, runs: Dict[str, TriAttentionCache],
 
     for label, cache in runs.items():
         cfg = cache.config
-        if cfg.budget < (1 << 30) and (cfg.budget % chunk or cfg.interval % chunk):
+        if cfg.budget < UNBOUNDED and (cfg.budget % chunk or cfg.interval % chunk):
             raise ValueError(f"chunk {chunk} must divide budget ({cfg.budget}) and interval ({cfg.interval}) "
                              f"of {label!r} so that rounds fire where token-by-token decoding fires them")
     info = next(iter(runs.values())).info if runs else describe_model(model)
-    ref = TriAttentionCache(model_info=info, config=TriAttentionConfig(budget=1 << 30, interval=1),
-                            policy=FullCachePolicy())
+    ref = TriAttentionCache(model_info=info, config=TriAttentionConfig(budget=UNBOUNDED, interval=1),
+                            scorer=StreamingLLMScorer())
     device = next(model.parameters()).device
     ids = ids.to(device)
     n = int(ids.numel())

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S="snapkv[kernel_size=1,recent_window=32]"
-.venv/bin/python scripts/quality_report.py results/issue9/essays.json results/issue9/hamlet.json \
+.venv/bin/python study/quality_report.py results/issue9/essays.json results/issue9/hamlet.json \
   --label "triattention-recommended=TriAttention recommended (online, every 4th layer)" \
   --label "triattention-online=TriAttention paper scoring, online statistics" \
   --label "triattention=TriAttention paper default (Milton file)" \

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue 9 exploration: one change at a time from TriAttention-online, on a DEVELOPMENT segment of the essays
 # (tokens 16384..20480; the reported test segments are essays 0..4096 and Hamlet 0..4096, never used here).
-# Usage: bash scripts/explore_policies.sh [batch ...]   (batches a-g, d/e = combinations after a-c, f/g = per-layer budgets; results in results/dev/)
+# Usage: bash study/explore_policies.sh [batch ...]   (batches a-g, d/e = combinations after a-c, f/g = per-layer budgets; results in results/dev/)
+# The options the study rejected (position_segments, layer_aggregation, online_refresh/online_decay/online_weight,
+# score_normalization) left the product in the core redesign (issue 13); batches that use them run at commit 18478ae:
+#   git worktree add /tmp/study-18478ae 18478ae && cd /tmp/study-18478ae && bash scripts/explore_policies.sh b
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .venv/bin/activate

@@ -12,7 +12,7 @@ the SmolLM2 weights are installed, SmolLM2-135M's trained weights put into a Phi
 half of each head (a different model, but with trained activation statistics: its non-rotated dims carry
 real query/key concentration). Writes results/partial_rotary.json and prints a Markdown table.
 
-    .venv/bin/python scripts/partial_rotary_measure.py [--T 384 --F 128 --k 64]
+    .venv/bin/python study/partial_rotary_measure.py [--T 384 --F 128 --k 64]
 """
 import argparse
 import json

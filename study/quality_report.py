@@ -1,6 +1,6 @@
 """Markdown tables + one plot from `triattention eval` quality JSONs (one per text), for the README.
 
-    python scripts/quality_report.py results/q_essays.json results/q_hamlet.json \
+    python study/quality_report.py results/q_essays.json results/q_hamlet.json \
         --label "triattention-online[...]=TriAttention (recommended)" --plot results/quality_two_texts.png
 
 Per text: KL(full || compressed) with the paired difference to StreamingLLM and its standard error (block

@@ -4,7 +4,7 @@ Every run streams the same tokens with the same full-cache reference, so per-tok
 different runs pair token by token. Prints, per budget, each method's KL and its difference to the chosen
 base method with the block-means standard error (64-token blocks).
 
-    python scripts/paired_compare.py results/dev/*_per_token.pt --base triattention-online
+    python study/paired_compare.py results/dev/*_per_token.pt --base triattention-online
 """
 import argparse
 import json
