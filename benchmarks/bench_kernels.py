@@ -1,18 +1,26 @@
 #!/usr/bin/env python
-"""Throughput of the compiled ops vs the pure-torch reference (prints figures; not a test).
+"""Throughput of the compiled ops vs the pure-torch reference (reference_ops) on the same device (not a test).
 
-Scoring: keys/s (kv-head keys scored per second, all layers) at 2k/8k/32k keys x 30 layers x 3 KV heads,
-9 query heads, D=64, bf16 keys. Compaction: 30 layers x (K, V) caches kept to half. On CUDA the achieved DRAM
-bandwidth is reported as a fraction of the GPU's peak (target for scoring at 32k keys: >= 60%).
+Shapes (Llama-3.1-8B-like: Hkv 8, Hq 32, D 128, bf16 keys):
+  score_keys   B 1 N 4K/32K/131K and B 8 N 32K, rotary_dim 128, half pairing; bytes = keys read + fp32 out written
+  zscore       the same (B, N): scores [B, 32, N] -> [B, 8, N];  bytes = scores + candidates read + out written
+  select_topk  8 and 64 rows, N 2K .. 128K, k = min(2048, N);     bytes = scores read
+  compact_     K and V [B, 8, 2176, 128] bf16 kept to 2048 sorted random slots, B 1 and 8;
+               bytes = 2 (K, V) * 2 (read + write) * B * H * K * D * 2
+CUDA: CUDA events, median of --reps calls after warm-up, L2 flushed before each call; GB/s and % of the HBM peak
+(from the device name: H200 4.8, H100 3.35, A100 2.0 TB/s; else the measured device-to-device copy bandwidth).
+CPU: wall clock, median, and smaller shapes unless --full.
 
-Usage: python benchmarks/bench_kernels.py [--device cpu|cuda] [--dtype bfloat16] [--reps 5]
-The CPU variant is built (or found up to date) with scripts/build_cpu_variant.py; on CUDA set LOCAL_KERNELS to a
-kernel-builder build (or let get_kernel fetch the published one).
+Usage: python benchmarks/bench_kernels.py [--device cpu|cuda] [--reps N] [--json PATH] [--quick] [--full]
+The CPU variant is built (or found up to date) with scripts/build_cpu_variant.py; on CUDA set LOCAL_KERNELS (or
+TRIATTENTION_VARIANT_DIR) to a build of scripts/build_cuda_variant.py.
 """
 import argparse
 import importlib
 import importlib.util
+import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,105 +29,158 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "triattention-community/triattention"
-LAYERS, HKV, HQ, D = 30, 3, 9, 64
-# Peak DRAM bandwidth, bytes/s, keyed by a substring of torch.cuda.get_device_name().
-PEAK_BANDWIDTH = {
-    "H200": 4.8e12,
-    "H100 PCIe": 2.0e12,
-    "H100": 3.35e12,  # SXM
-    "A100": 2.0e12,
-    "L40S": 0.864e12,
-    "MI300X": 5.3e12,
+HKV, HQ, D = 8, 32, 128
+# Peak DRAM bandwidth, bytes/s, by a substring of torch.cuda.get_device_name(); first match wins.
+PEAK_BANDWIDTH = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100", 2.0e12)]
+
+SHAPES = {  # (score/zscore (B, N) list, top-k rows, top-k N list, compact B list)
+    "full": ([(1, 4096), (1, 32768), (1, 131072), (8, 32768)], (8, 64),
+             [2048, 4096, 8192, 16384, 32768, 65536, 131072], (1, 8)),
+    "cpu": ([(1, 4096), (1, 32768), (8, 4096)], (8, 64), [2048, 8192, 32768], (1, 8)),
+    "quick": ([(1, 1024), (2, 2048)], (8,), [2048, 4096], (1,)),
 }
 
 
 def load_kernel(device: str):
     from kernels import get_kernel
 
+    if "LOCAL_KERNELS" not in os.environ and os.environ.get("TRIATTENTION_VARIANT_DIR"):
+        os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={Path(os.environ['TRIATTENTION_VARIANT_DIR']).resolve().parent}"
     if device == "cpu" and "LOCAL_KERNELS" not in os.environ:
         spec = importlib.util.spec_from_file_location("build_cpu_variant", ROOT / "scripts" / "build_cpu_variant.py")
         builder = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(builder)
         variant = builder.build(ROOT / "build", builder.git_unique_id(), verbose=False)
         os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={variant.parent}"
-    kernel = get_kernel(REPO_ID, version=1)
+    kernel = get_kernel(REPO_ID, version=1, backend=device)
     return kernel, importlib.import_module(kernel.__name__ + "._ops").ops
 
 
-def timed(fn, device, reps):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+class Timer:
+    def __init__(self, device: str, reps: int, flush: bool):
+        self.device, self.reps = device, reps
+        # Larger than any L2 (H200: 60 MB), rewritten before each timed call so inputs come from DRAM.
+        self.scratch = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if flush and device == "cuda" else None
+
+    def ms(self, fn) -> float:
         fn()
-        if device == "cuda":
+        times = []
+        if self.device == "cuda":
+            fn()
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+            for _ in range(self.reps):
+                if self.scratch is not None:
+                    self.scratch.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(self.reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
 
 
-def peak_bandwidth():
+def peak_bandwidth(timer: Timer) -> dict:
+    """Spec peak from the device name, and the measured device-to-device copy bandwidth (read + write)."""
     name = torch.cuda.get_device_name()
-    for key, value in PEAK_BANDWIDTH.items():
-        if key in name:
-            return name, value
-    return name, None
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_ms = timer.ms(lambda: dst.copy_(src))
+    copy = 2 * src.numel() / (copy_ms / 1e3)
+    spec = next((v for k, v in PEAK_BANDWIDTH if k in name), None)
+    del src, dst
+    return {"gpu": name, "peak_GBps": round((spec or copy) / 1e9, 1), "peak_source": "spec" if spec else "copy",
+            "copy_GBps": round(copy / 1e9, 1)}
+
+
+def row(op, shape, ms, ref_ms, nbytes, peak):
+    r = {"op": op, **shape, "ms": round(ms, 4), "ref_ms": round(ref_ms, 4), "speedup": round(ref_ms / ms, 2),
+         "GBps": round(nbytes / (ms / 1e3) / 1e9, 1)}
+    if peak:
+        r["pct_hbm"] = round(100 * nbytes / (ms / 1e3) / peak, 1)
+    shape_s = " ".join(f"{k}={v}" for k, v in shape.items())
+    pct = f" {r['pct_hbm']:5.1f}%" if peak else ""
+    print(f"{op:<12} {shape_s:<24} {ms:9.4f} ms  ref {ref_ms:9.4f} ms  {r['speedup']:6.2f}x  "
+          f"{r['GBps']:8.1f} GB/s{pct}", flush=True)
+    return r
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per op (default: 20 cuda, 3 cpu)")
+    parser.add_argument("--json", type=Path, default=None, help="write all figures here")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (checks the script, not the speed)")
+    parser.add_argument("--full", action="store_true", help="the CUDA shapes on the CPU too")
+    parser.add_argument("--no-flush", action="store_true", help="do not flush L2 between timed calls")
     args = parser.parse_args()
-    dev, dtype = args.device, getattr(torch, args.dtype)
+    dev = args.device
+    reps = args.reps or (20 if dev == "cuda" else 3)
+    shapes = "quick" if args.quick else ("full" if dev == "cuda" or args.full else "cpu")
     kernel, ops = load_kernel(dev)
     ref = kernel.reference_ops
-    print(f"device={dev} threads={torch.get_num_threads()} dtype={args.dtype} layers={LAYERS} Hkv={HKV} Hq={HQ} D={D}")
+    timer = Timer(dev, reps, not args.no_flush)
+    info = {"device": dev, "torch": torch.__version__, "variant": str(Path(kernel.__file__).parent), "reps": reps,
+            "shapes": shapes, "l2_flush": timer.scratch is not None, "threads": torch.get_num_threads()}
     if dev == "cuda":
-        gpu, peak = peak_bandwidth()
-        print(f"gpu={gpu} peak={peak / 1e12 if peak else float('nan'):.2f} TB/s")
+        info.update(peak_bandwidth(timer))
+    peak = info.get("peak_GBps", 0) * 1e9 or None
+    print(json.dumps(info), flush=True)
+    results = {"score_keys": [], "zscore": [], "select_topk": [], "compact": []}
+    out = {**info, "results": results}
+
+    def save():
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+    score_shapes, topk_rows, topk_ns, compact_bs = SHAPES[shapes]
     gen = torch.Generator().manual_seed(0)
-    trig = torch.randn(1, HQ, 1, D, generator=gen).to(dev)
-    norm = torch.randn(1, HQ, D // 2, generator=gen).to(dev)
-    print(f"{'op':<12}{'keys':>7}{'reference keys/s':>19}{'compiled keys/s':>18}{'speedup':>9}{'bandwidth':>12}")
-    for n in (2048, 8192, 32768):
-        keys = [torch.randn(1, HKV, n, D, generator=gen).to(dtype).to(dev) for _ in range(LAYERS)]
-        outs = [torch.empty(1, HQ, n, device=dev) for _ in range(LAYERS)]
-
-        def compiled():
-            for k, o in zip(keys, outs):
-                ops.score_keys(o, k, trig, norm, D, False)
-
-        def reference():
-            for k in keys:
-                ref.score_keys(k, trig, norm, D, False)
-
-        t_cmp, t_ref = timed(compiled, dev, args.reps), timed(reference, dev, args.reps)
-        total = LAYERS * HKV * n
-        moved = sum(k.numel() * k.element_size() for k in keys) + sum(o.numel() * 4 for o in outs)
-        bw = f"{moved / t_cmp / 1e9:.0f} GB/s"
-        if dev == "cuda" and peak:
-            bw += f" ({moved / t_cmp / peak:.0%})"
-        print(f"{'score_keys':<12}{n:>7}{total / t_ref:>19.3e}{total / t_cmp:>18.3e}{t_ref / t_cmp:>8.2f}x{bw:>12}")
-
-    for n in (2048, 8192, 32768):
-        caches = [torch.randn(1, HKV, n, D, generator=gen).to(dtype).to(dev) for _ in range(2 * LAYERS)]
-        idx = torch.stack([torch.randperm(n, generator=gen)[: n // 2].sort().values for _ in range(HKV)])
-        idx = idx.view(1, HKV, n // 2).to(dev)
-        # Repeated compaction with the same indices is still valid (indices[j] >= j) and moves the same bytes.
-        t_cmp = timed(lambda: ops.compact_(caches, idx), dev, args.reps)
-        t_ref = timed(lambda: ref.compact_(caches, idx), dev, args.reps)
-        rows = 2 * LAYERS * HKV * (n // 2)
-        moved = 2 * rows * D * caches[0].element_size()
-        bw = f"{moved / t_cmp / 1e9:.0f} GB/s"
-        if dev == "cuda" and peak:
-            bw += f" ({moved / t_cmp / peak:.0%})"
-        print(f"{'compact_':<12}{n:>7}{rows / t_ref:>19.3e}{rows / t_cmp:>18.3e}{t_ref / t_cmp:>8.2f}x{bw:>12}")
-    print("(compact_ figures are rows/s, K and V caches of all layers in one call)")
+    for b, n in score_shapes:
+        keys = torch.randn(b, HKV, n, D, generator=gen).to(torch.bfloat16).to(dev)
+        trig = torch.randn(b, HQ, 1, D, generator=gen).to(dev)
+        norm = torch.randn(b, HQ, D // 2, generator=gen).to(dev)
+        scores = torch.empty(b, HQ, n, device=dev)
+        ms = timer.ms(lambda: ops.score_keys(scores, keys, trig, norm, D, False))
+        ref_ms = timer.ms(lambda: ref.score_keys(keys, trig, norm, D, False))
+        nbytes = keys.numel() * keys.element_size() + scores.numel() * 4
+        results["score_keys"].append(row("score_keys", {"B": b, "N": n}, ms, ref_ms, nbytes, peak))
+        cand = (torch.rand(b, n, generator=gen) < 0.9).to(dev)
+        zout = torch.empty(b, HKV, n, device=dev)
+        ms = timer.ms(lambda: ops.zscore_group_reduce(zout, scores, cand, HQ // HKV, True))
+        ref_ms = timer.ms(lambda: ref.zscore_group_reduce(scores, cand, HQ // HKV, True))
+        nbytes = scores.numel() * 4 + cand.numel() + zout.numel() * 4
+        results["zscore"].append(row("zscore", {"B": b, "N": n}, ms, ref_ms, nbytes, peak))
+        save()
+        del keys, scores, zout
+    for rows in topk_rows:
+        for n in topk_ns:
+            k = min(2048, n)
+            scores = torch.randn(rows, n, generator=gen).to(dev)
+            idx = torch.empty(rows, k, dtype=torch.int64, device=dev)
+            ms = timer.ms(lambda: ops.select_topk(idx, scores, k))
+            ref_ms = timer.ms(lambda: ref.select_topk(scores, k))
+            results["select_topk"].append(row("select_topk", {"rows": rows, "N": n, "k": k}, ms, ref_ms,
+                                              scores.numel() * 4, peak))
+        save()
+    c, k = 2176, 2048
+    for b in compact_bs:
+        caches = [torch.randn(b, HKV, c, D, generator=gen).to(torch.bfloat16).to(dev) for _ in range(2)]
+        idx = torch.stack([torch.randperm(c, generator=gen)[:k].sort().values for _ in range(b * HKV)])
+        idx = idx.view(b, HKV, k).to(dev)
+        # Compacting again with the same indices is still valid (indices[j] >= j) and moves the same bytes.
+        ms = timer.ms(lambda: ops.compact_(caches, idx))
+        ref_ms = timer.ms(lambda: ref.compact_(caches, idx))
+        nbytes = 2 * 2 * b * HKV * k * D * 2
+        results["compact"].append(row("compact_", {"B": b, "H": HKV, "C": c, "K": k}, ms, ref_ms, nbytes, peak))
+        save()
+    save()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

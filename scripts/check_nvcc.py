@@ -21,15 +21,18 @@ from pathlib import Path
 
 from torch.utils import cpp_extension
 
-ROOT = Path(__file__).resolve().parent.parent
-CU_SOURCES = sorted((ROOT / "kernel_src" / "triattention_cuda").glob("*.cu"))
-HEADERS = [ROOT / "kernel_src" / "triattention_math.h", ROOT / "torch-ext" / "torch_binding.h"]
-BINDING = ROOT / "torch-ext" / "torch_binding.cpp"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_cuda_variant as cuda_build  # noqa: E402
+import variant_common as vc  # noqa: E402
+
+ROOT = vc.ROOT
+# Every .cu under kernel_src is compiled, listed in build.toml or not (test_build_config checks the listing).
+CU_SOURCES = sorted((ROOT / "kernel_src").rglob("*.cu"))
+HEADERS = sorted(set(cuda_build.HEADERS) | set((ROOT / "kernel_src").rglob("*.cuh")) |
+                 set((ROOT / "kernel_src").glob("*.h")))
+BINDING = vc.BINDING_SOURCES[0]
 WORK = ROOT / "_build_cpu" / "nvcc-check"
-# What torch.utils.cpp_extension passes to nvcc for CUDA extensions.
-NVCC_FLAGS = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "-DCUDA_KERNEL", "-D__CUDA_NO_HALF_OPERATORS__",
-              "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-              "-D__CUDA_NO_HALF2_OPERATORS__", "-Xcompiler", "-fPIC"]
+NVCC_FLAGS = cuda_build.NVCC_FLAGS  # the flags of the real CUDA build
 
 
 def nvcc_path() -> str:
@@ -44,9 +47,7 @@ def includes() -> list:
     (macro_dir / "c10" / "cuda" / "impl").mkdir(parents=True, exist_ok=True)
     (macro_dir / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").write_text(
         "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-    (macro_dir / "registration.h").write_text(
-        (ROOT / "scripts" / "build_cpu_variant.py").read_text().split('REGISTRATION_H = """\\\n')[1].split('"""')[0]
-        .replace("\\\\\n", "\\\n"))
+    vc.write_registration_h(macro_dir)
     dirs = [str(macro_dir), str(ROOT / "kernel_src"), str(ROOT / "torch-ext")]
     dirs += cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
     return [f"-I{d}" for d in dirs]

@@ -1,4 +1,5 @@
-"""The compiled CPU ops (kernel_src/triattention_cpu) against the pure-torch reference, loaded as a hub kernel."""
+"""The compiled ops against the pure-torch reference, loaded as hub kernels: the CPU variant (built here) and, on a
+GPU machine, the CUDA variant (see kernel_fixtures). The contract cases are the same for every backend."""
 import json
 import os
 import shutil
@@ -8,7 +9,18 @@ import sys
 import pytest
 import torch
 
-from kernel_fixtures import REPO_ID, cpu_variant, kernel, kernel_ops, reference_ops  # noqa: F401
+from kernel_fixtures import (  # noqa: F401
+    REPO_ID,
+    cpu_variant,
+    cuda_kernel,
+    cuda_kernel_ops,
+    cuda_variant,
+    device,
+    device_ops,
+    kernel,
+    kernel_ops,
+    reference_ops,
+)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Scores are fp32 math whatever the key dtype (keys convert exactly), so one tolerance serves all dtypes;
@@ -17,7 +29,7 @@ RTOL = 1e-5
 
 
 def _assert_scores_close(out, ref):
-    torch.testing.assert_close(out, ref, rtol=RTOL, atol=RTOL * ref.abs().max().item())
+    torch.testing.assert_close(out.cpu(), ref, rtol=RTOL, atol=RTOL * ref.abs().max().item())
 
 
 def _keys_view(shape, dtype, gen):
@@ -35,15 +47,29 @@ def _score_inputs(b, hkv, g, o, n, d, r, dtype, seed=0):
     return keys, trig, norm
 
 
+def _run_score_keys(ops, device, keys, trig, norm, rotary_dim, interleaved):
+    """The op on ``device`` (keys keep their strides and storage offset), output back on the CPU."""
+    if device != "cpu":
+        keys = _same_view_on(keys, device)
+    out = torch.full((keys.shape[0], trig.shape[1], keys.shape[2]), float("nan"), device=device)
+    ops.score_keys(out, keys, trig.to(device), norm.to(device), rotary_dim, interleaved)
+    return out.cpu()
+
+
+def _same_view_on(view, device):
+    """``view`` rebuilt on ``device`` over a copy of its whole storage, so strides and offset (alignment) match."""
+    base = torch.empty(0, dtype=view.dtype).set_(view.untyped_storage()).to(device)
+    return base.as_strided(view.shape, view.stride(), view.storage_offset())
+
+
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("rotary_dim", [64, 32])
-def test_score_keys(kernel_ops, reference_ops, dtype, interleaved, rotary_dim):
+def test_score_keys(device_ops, device, reference_ops, dtype, interleaved, rotary_dim):
     keys, trig, norm = _score_inputs(2, 2, 3, 2, 83, 64, rotary_dim, dtype)
     assert not keys.is_contiguous()
-    out = torch.full((2, 6, 83), float("nan"))
-    kernel_ops.ops.score_keys(out, keys, trig, norm, rotary_dim, interleaved)
+    out = _run_score_keys(device_ops, device, keys, trig, norm, rotary_dim, interleaved)
     _assert_scores_close(out, reference_ops.score_keys(keys, trig, norm, rotary_dim, interleaved))
 
 
@@ -51,81 +77,173 @@ def test_score_keys(kernel_ops, reference_ops, dtype, interleaved, rotary_dim):
     "b,hkv,g,o,n,d,r",
     [(1, 1, 1, 1, 1, 8, 8), (1, 2, 8, 3, 37, 96, 48), (2, 1, 4, 1, 17, 128, 16), (1, 3, 3, 1, 1000, 64, 64)],
 )
-def test_score_keys_shapes(kernel_ops, reference_ops, b, hkv, g, o, n, d, r):
+def test_score_keys_shapes(device_ops, device, reference_ops, b, hkv, g, o, n, d, r):
     keys, trig, norm = _score_inputs(b, hkv, g, o, n, d, r, torch.bfloat16, seed=n)
-    out = torch.empty(b, hkv * g, n)
-    kernel_ops.ops.score_keys(out, keys, trig, norm, r, False)
+    out = _run_score_keys(device_ops, device, keys, trig, norm, r, False)
     _assert_scores_close(out, reference_ops.score_keys(keys, trig, norm, r, False))
 
 
-def test_score_keys_rejects_bad_inputs(kernel_ops):
+# The CUDA fast path takes D in {64, 128}, rotary_dim == D, O == 1, G <= 8 and 4-element aligned key rows; the
+# generic path everything else. Both are checked here (on the CPU variant these are just more shapes).
+FAST_CASES = [  # b, hkv, g, n, d, dtype, interleaved
+    (2, 2, 4, 4099, 128, torch.bfloat16, False),
+    (2, 2, 4, 4099, 128, torch.bfloat16, True),
+    (1, 8, 4, 70001, 128, torch.bfloat16, False),  # many blocks per row, grid-stride loop
+    (1, 3, 3, 1001, 64, torch.float16, False),  # G padded to 4
+    (1, 2, 8, 515, 128, torch.float32, True),
+    (2, 1, 1, 998, 64, torch.bfloat16, True),
+    (1, 2, 5, 333, 128, torch.float16, False),
+    (1, 2, 2, 3, 64, torch.float32, False),
+]
+
+
+@pytest.mark.parametrize("b,hkv,g,n,d,dtype,interleaved", FAST_CASES)
+def test_score_keys_fast_path_shapes(device_ops, device, reference_ops, b, hkv, g, n, d, dtype, interleaved):
+    gen = torch.Generator().manual_seed(n)
+    keys = torch.randn(b, hkv, n, d, generator=gen).to(dtype)
+    trig = torch.randn(b, hkv * g, 1, d, generator=gen)
+    norm = torch.randn(b, hkv * g, d // 2, generator=gen)
+    out = _run_score_keys(device_ops, device, keys, trig, norm, d, interleaved)
+    _assert_scores_close(out, reference_ops.score_keys(keys, trig, norm, d, interleaved))
+
+
+GENERIC_CASES = {  # b, hkv, g, o, n, d, r, interleaved, key view: "contiguous" or "offset" (misaligned base)
+    "odd_d": (1, 2, 2, 1, 300, 63, 62, False, "contiguous"),
+    "partial_rotary": (1, 2, 4, 1, 300, 128, 64, False, "contiguous"),
+    "partial_rotary_interleaved": (1, 2, 4, 1, 300, 128, 64, True, "contiguous"),
+    "offsets": (2, 2, 4, 3, 300, 128, 128, False, "contiguous"),
+    "misaligned_view": (1, 2, 4, 1, 300, 128, 128, False, "offset"),
+    "group_9": (1, 1, 9, 1, 300, 64, 64, True, "contiguous"),
+}
+
+
+@pytest.mark.parametrize("case", list(GENERIC_CASES))
+def test_score_keys_generic_path_shapes(device_ops, device, reference_ops, case):
+    b, hkv, g, o, n, d, r, interleaved, view = GENERIC_CASES[case]
+    gen = torch.Generator().manual_seed(n + d)
+    if view == "offset":  # base pointer one element past a 16-byte boundary
+        keys = torch.randn(b, hkv, n, d + 1, generator=gen).to(torch.bfloat16)[..., 1:]
+    else:
+        keys = torch.randn(b, hkv, n, d, generator=gen).to(torch.bfloat16)
+    trig = torch.randn(b, hkv * g, o, d, generator=gen)
+    norm = torch.randn(b, hkv * g, r // 2, generator=gen)
+    out = _run_score_keys(device_ops, device, keys, trig, norm, r, interleaved)
+    _assert_scores_close(out, reference_ops.score_keys(keys, trig, norm, r, interleaved))
+
+
+def test_score_keys_rejects_bad_inputs(device_ops, device):
     keys, trig, norm = _score_inputs(1, 2, 3, 1, 10, 64, 64, torch.float32)
-    out = torch.empty(1, 6, 10)
+    keys, trig, norm = keys.to(device), trig.to(device), norm.to(device)
+    out = torch.empty(1, 6, 10, device=device)
     with pytest.raises(RuntimeError, match="rotary_dim"):
-        kernel_ops.ops.score_keys(out, keys, trig, norm, 63, False)
+        device_ops.score_keys(out, keys, trig, norm, 63, False)
     with pytest.raises(RuntimeError, match="last-dim stride 1"):
-        kernel_ops.ops.score_keys(out, keys.transpose(2, 3), trig, norm, 64, False)
+        device_ops.score_keys(out, keys.transpose(2, 3), trig, norm, 64, False)
     with pytest.raises(RuntimeError, match=r"out must be \[B=1, Hq=6, N=10\]"):
-        kernel_ops.ops.score_keys(torch.empty(1, 6, 9), keys, trig, norm, 64, False)
+        device_ops.score_keys(torch.empty(1, 6, 9, device=device), keys, trig, norm, 64, False)
     with pytest.raises(RuntimeError, match="keys must be float16, bfloat16 or float32"):
-        kernel_ops.ops.score_keys(out, keys.double(), trig, norm, 64, False)
+        device_ops.score_keys(out, keys.double(), trig, norm, 64, False)
 
 
-def test_score_keys_empty(kernel_ops):
+def test_score_keys_empty(device_ops, device):
     keys, trig, norm = _score_inputs(1, 2, 3, 1, 0, 64, 64, torch.float32)
-    kernel_ops.ops.score_keys(torch.empty(1, 6, 0), keys, trig, norm, 64, False)
+    device_ops.score_keys(torch.empty(1, 6, 0, device=device), keys.to(device), trig.to(device), norm.to(device),
+                          64, False)
+
+
+def _check_zscore(ops, device, reference_ops, scores, cand, group_size, use_max):
+    out = torch.empty(scores.shape[0], scores.shape[1] // group_size, scores.shape[2], device=device)
+    ops.zscore_group_reduce(out, scores.to(device), cand.to(device), group_size, use_max)
+    ref = reference_ops.zscore_group_reduce(scores, cand, group_size, use_max)
+    out = out.cpu()
+    assert torch.equal(torch.isneginf(out), torch.isneginf(ref))
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(out[finite], ref[finite], rtol=RTOL, atol=RTOL)
+    return out
 
 
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("group_size", [1, 3, 6])
 @pytest.mark.parametrize("use_max", [True, False])
-def test_zscore_group_reduce(kernel_ops, reference_ops, group_size, use_max):
+def test_zscore_group_reduce(device_ops, device, reference_ops, group_size, use_max):
     gen = torch.Generator().manual_seed(group_size)
     scores = torch.randn(3, 6, 83, generator=gen) * 5 + 2
     cand = torch.rand(3, 83, generator=gen) < 0.7
     cand[1] = False  # no candidates: all -inf
     cand[2] = True
-    out = torch.empty(3, 6 // group_size, 83)
-    kernel_ops.ops.zscore_group_reduce(out, scores, cand, group_size, use_max)
-    ref = reference_ops.zscore_group_reduce(scores, cand, group_size, use_max)
-    assert torch.equal(torch.isneginf(out), torch.isneginf(ref))
+    out = _check_zscore(device_ops, device, reference_ops, scores, cand, group_size, use_max)
     assert torch.isneginf(out[1]).all()
-    finite = torch.isfinite(ref)
-    torch.testing.assert_close(out[finite], ref[finite], rtol=RTOL, atol=RTOL)
 
 
-def test_zscore_constant_scores(kernel_ops, reference_ops):
+@pytest.mark.parametrize("use_max", [True, False])
+def test_zscore_group_reduce_long_rows(device_ops, device, reference_ops, use_max):
+    """N = 100000 spans many chunks per row: partial moments combine across blocks, deterministically."""
+    gen = torch.Generator().manual_seed(7)
+    scores = torch.randn(3, 8, 100000, generator=gen) * 3 + 40  # a large mean: cancellation in the variance
+    cand = torch.rand(3, 100000, generator=gen) < 0.6  # holes
+    cand[0, 50000:70000] = False
+    cand[1] = False
+    out = _check_zscore(device_ops, device, reference_ops, scores, cand, 4, use_max)
+    assert torch.isneginf(out[1]).all()
+    again = torch.empty(3, 2, 100000, device=device)
+    device_ops.zscore_group_reduce(again, scores.to(device), cand.to(device), 4, use_max)
+    assert torch.equal(out, again.cpu())
+
+
+def test_zscore_constant_scores(device_ops, device, reference_ops):
     scores = torch.full((1, 2, 10), 3.0)
     cand = torch.ones(1, 10, dtype=torch.bool)
-    out = torch.empty(1, 1, 10)
-    kernel_ops.ops.zscore_group_reduce(out, scores, cand, 2, True)
-    torch.testing.assert_close(out, reference_ops.zscore_group_reduce(scores, cand, 2, True))
+    out = torch.empty(1, 1, 10, device=device)
+    device_ops.zscore_group_reduce(out, scores.to(device), cand.to(device), 2, True)
+    torch.testing.assert_close(out.cpu(), reference_ops.zscore_group_reduce(scores, cand, 2, True))
+
+
+def _check_topk(ops, device, reference_ops, scores, k):
+    out = torch.empty(scores.shape[0], k, dtype=torch.int64, device=device)
+    ops.select_topk(out, scores.to(device), k)
+    assert torch.equal(out.cpu(), reference_ops.select_topk(scores, k))
 
 
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("k", [0, 1, 17, 82, 83])
-def test_select_topk(kernel_ops, reference_ops, k):
+def test_select_topk(device_ops, device, reference_ops, k):
     gen = torch.Generator().manual_seed(k)
     scores = torch.randint(-4, 5, (6, 83), generator=gen).float()  # many ties
     scores[0, ::3] = float("-inf")
     scores[1] = float("-inf")
     scores[2] = torch.randn(83, generator=gen)
-    out = torch.empty(6, k, dtype=torch.int64)
-    kernel_ops.ops.select_topk(out, scores, k)
-    assert torch.equal(out, reference_ops.select_topk(scores, k))
+    _check_topk(device_ops, device, reference_ops, scores, k)
+
+
+@pytest.mark.parametrize("k", [1, 2048, 35000, 69999, 70000])
+def test_select_topk_long_rows(device_ops, device, reference_ops, k):
+    """N = 70000 spans many chunks per row: ties at the threshold cross chunk boundaries, -inf is selectable."""
+    gen = torch.Generator().manual_seed(k)
+    n = 70000
+    scores = torch.randint(-3, 4, (6, n), generator=gen).float()
+    scores[1] = float("-inf")
+    scores[1, ::997] = torch.randn(scores[1, ::997].shape, generator=gen)
+    scores[2] = float("-inf")
+    scores[3] = torch.randn(n, generator=gen)
+    scores[4] = 1.0
+    scores[5, ::2] = float("-inf")
+    scores[5, 1::4] = -0.0  # equal to +0.0 for the order
+    _check_topk(device_ops, device, reference_ops, scores, k)
 
 
 def test_select_topk_rejects_nan(kernel_ops):
+    """Value checks need a look at the data: only the CPU kernel raises (CUDA would need a host sync)."""
     scores = torch.zeros(2, 5)
     scores[1, 3] = float("nan")
     with pytest.raises(RuntimeError, match="NaN score at row 1, column 3"):
         kernel_ops.ops.select_topk(torch.empty(2, 2, dtype=torch.int64), scores, 2)
 
 
-def _make_caches(b, h, c, gen):
+def _make_caches(b, h, c, gen, layout=((torch.float32, 64), (torch.bfloat16, 64), (torch.float16, 128),
+                                        (torch.float32, 24))):
     """Caches of several dtypes and head dims, each a view into a buffer with sentinel rows beyond C."""
     buffers, caches = [], []
-    for dtype, d in [(torch.float32, 64), (torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 24)]:
+    for dtype, d in layout:
         buf = torch.full((b, h, c + 5, d + 8), 42.0, dtype=dtype)
         view = buf[:, :, :c, 4 : d + 4]
         view.copy_(torch.randn(b, h, c, d, generator=gen).to(dtype))
@@ -142,42 +260,67 @@ def _sorted_indices(b, h, c, k, gen):
     return torch.stack([torch.randperm(c, generator=gen)[:k].sort().values for _ in range(b * h)]).view(b, h, k)
 
 
+def _check_compact(ops, device, reference_ops, buffers, caches, idx):
+    expected_buffers = [buf.clone() for buf in buffers]
+    expected = [eb.as_strided(cv.shape, cv.stride(), cv.storage_offset()) for eb, cv in zip(expected_buffers, caches)]
+    reference_ops.compact_(expected, idx)
+    on_device = [_same_view_on(cv, device) if device != "cpu" else cv for cv in caches]
+    ops.compact_(on_device, idx.to(device))
+    for view, buf, exp in zip(on_device, buffers, expected_buffers):
+        got = buf if device == "cpu" else torch.empty(0, dtype=view.dtype).set_(view.untyped_storage().cpu())
+        # Bit-exact, including untouched slots >= K, the sentinel rows beyond C and the sentinel columns.
+        assert torch.equal(_bits(got.view(-1)), _bits(exp.view(-1)))
+
+
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("k", [0, 1, 20, 50])
-def test_compact_bit_exact(kernel_ops, reference_ops, k):
+def test_compact_bit_exact(device_ops, device, reference_ops, k):
     gen = torch.Generator().manual_seed(k)
     b, h, c = 2, 3, 50
     buffers, caches = _make_caches(b, h, c, gen)
-    expected_buffers = [buf.clone() for buf in buffers]
-    expected = [eb[:, :, :c, 4 : cv.shape[-1] + 4] for eb, cv in zip(expected_buffers, caches)]
+    _check_compact(device_ops, device, reference_ops, buffers, caches, _sorted_indices(b, h, c, k, gen))
+
+
+def test_compact_budget_shape(device_ops, device, reference_ops):
+    """The benchmark's shape: K and V [8, 8, 2176, 128] bf16 kept to 2048, plus an fp32 cache of odd width."""
+    gen = torch.Generator().manual_seed(0)
+    b, h, c, k = 8, 8, 2176, 2048
+    layout = ((torch.bfloat16, 128), (torch.bfloat16, 128), (torch.float32, 24))
+    buffers, caches = _make_caches(b, h, c, gen, layout)
     idx = _sorted_indices(b, h, c, k, gen)
-    reference_ops.compact_(expected, idx)
-    kernel_ops.ops.compact_(caches, idx)
-    for buf, exp in zip(buffers, expected_buffers):
-        # Bit-exact, including untouched slots >= K, the sentinel rows beyond C and the sentinel columns.
-        assert torch.equal(_bits(buf), _bits(exp))
+    idx[0, 0] = torch.arange(k)  # identity row set
+    _check_compact(device_ops, device, reference_ops, buffers, caches, idx)
 
 
 def test_compact_rejects_bad_indices(kernel_ops):
+    """Index values are checked by the CPU kernel only (CUDA would need a host sync); shapes by every backend."""
     cache = torch.zeros(1, 1, 8, 4)
     with pytest.raises(RuntimeError, match=r"indices\[0, 0, 1\] = 0 must be in \[1, 8\)"):
         kernel_ops.ops.compact_([cache], torch.tensor([[[0, 0]]]))
+
+
+def test_compact_rejects_bad_shapes(device_ops, device):
+    cache = torch.zeros(1, 1, 8, 4, device=device)
     with pytest.raises(RuntimeError, match=r"must be \[B=1, H=2"):
-        kernel_ops.ops.compact_([cache], torch.zeros(1, 2, 1, dtype=torch.int64))
+        device_ops.compact_([cache], torch.zeros(1, 2, 1, dtype=torch.int64, device=device))
 
 
-def test_opcheck(kernel_ops):
+def test_opcheck(device_ops, device):
     """Schema and mutation annotations (no fake kernels are registered, so only the schema-level checks run)."""
-    ops = kernel_ops.ops
+    ops = device_ops
     utils = ("test_schema", "test_autograd_registration")
     keys, trig, norm = _score_inputs(1, 2, 3, 1, 9, 64, 32, torch.bfloat16)
-    torch.library.opcheck(ops.score_keys, (torch.empty(1, 6, 9), keys, trig, norm, 32, True), test_utils=utils)
-    scores = torch.randn(1, 6, 9)
-    cand = torch.rand(1, 9) < 0.5
-    torch.library.opcheck(ops.zscore_group_reduce, (torch.empty(1, 2, 9), scores, cand, 3, True), test_utils=utils)
-    torch.library.opcheck(ops.select_topk, (torch.empty(6, 4, dtype=torch.int64), scores[0], 4), test_utils=utils)
-    caches = [torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 16)]
-    idx = torch.tensor([[[1, 4, 8], [0, 2, 3]]])
+    keys, trig, norm = keys.to(device), trig.to(device), norm.to(device)
+    torch.library.opcheck(ops.score_keys, (torch.empty(1, 6, 9, device=device), keys, trig, norm, 32, True),
+                          test_utils=utils)
+    scores = torch.randn(1, 6, 9, device=device)
+    cand = torch.rand(1, 9, device=device) < 0.5
+    torch.library.opcheck(ops.zscore_group_reduce, (torch.empty(1, 2, 9, device=device), scores, cand, 3, True),
+                          test_utils=utils)
+    torch.library.opcheck(ops.select_topk, (torch.empty(6, 4, dtype=torch.int64, device=device), scores[0], 4),
+                          test_utils=utils)
+    caches = [torch.randn(1, 2, 9, 8, device=device), torch.randn(1, 2, 9, 16, device=device)]
+    idx = torch.tensor([[[1, 4, 8], [0, 2, 3]]], device=device)
     torch.library.opcheck(ops.compact_, (caches, idx), test_utils=utils)
 
 
@@ -187,6 +330,18 @@ def test_namespace_and_dispatch(kernel, kernel_ops):
     assert name.startswith("_triattention_cpu_")
     assert kernel_ops.add_op_namespace_prefix("score_keys") == f"{name}::score_keys"
     assert kernel.backend_name(torch.device("cpu")) == "compiled"
+
+
+def test_cuda_variant_namespace_and_metadata(cuda_kernel, cuda_kernel_ops, cuda_variant):
+    from kernels._rust import Backend, Metadata
+
+    name = cuda_kernel_ops.ops._name if hasattr(cuda_kernel_ops.ops, "_name") else cuda_kernel_ops.ops.name
+    assert name.startswith("_triattention_cuda_")
+    assert cuda_kernel.backend_name(torch.device("cuda")) == "compiled"
+    meta = Metadata.read_from_file(cuda_variant / "metadata.json")
+    assert meta.backend.backend_type == Backend.CUDA and meta.backend.archs
+    major, minor = torch.cuda.get_device_capability()
+    assert f"{major}.{minor}" in [a.replace("+PTX", "") for a in meta.backend.archs]
 
 
 def test_metadata_and_abi(cpu_variant):

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../triattention_checks.h"
 #include "../triattention_math.h"
 
 namespace tmath = triattention::math;
@@ -16,16 +17,6 @@ namespace tmath = triattention::math;
 namespace {
 
 constexpr int64_t kTileKeys = 16;  // keys per tile; the inner loops run over this axis and vectorize
-
-void check_cpu(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
-}
-
-void check_f32_contiguous(const torch::Tensor& t, const char* name) {
-  check_cpu(t, name);
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous, got strides ", t.strides());
-}
 
 // x86-64 builds carry an AVX2/FMA/F16C clone of the hot loops, picked at load time (GCC ifunc); the default
 // clone is baseline SSE2, so one .so serves every x86-64 CPU.
@@ -183,30 +174,10 @@ void score_keys_impl(float* out, const scalar_t* keys, const float* trig, const 
 
 void score_keys(torch::Tensor& out, torch::Tensor const& keys, torch::Tensor const& trig_weights,
                 torch::Tensor const& norm_weights, int64_t rotary_dim, bool interleaved) {
-  check_cpu(keys, "keys");
-  TORCH_CHECK(keys.dim() == 4, "keys must be [B, Hkv, N, D], got shape ", keys.sizes());
+  triattention::checks::score_keys(out, keys, trig_weights, norm_weights, rotary_dim, c10::DeviceType::CPU);
   const auto kdt = keys.scalar_type();
-  TORCH_CHECK(kdt == at::kFloat || kdt == at::kHalf || kdt == at::kBFloat16,
-              "keys must be float16, bfloat16 or float32, got ", kdt);
-  TORCH_CHECK(keys.size(3) <= 1 || keys.stride(3) == 1, "keys must have last-dim stride 1, got strides ",
-              keys.strides());
   const int64_t B = keys.size(0), Hkv = keys.size(1), N = keys.size(2), D = keys.size(3);
-  check_f32_contiguous(trig_weights, "trig_weights");
-  TORCH_CHECK(trig_weights.dim() == 4 && trig_weights.size(0) == B && trig_weights.size(3) == D &&
-                  trig_weights.size(2) >= 1,
-              "trig_weights must be [B=", B, ", Hq, O>=1, D=", D, "], got shape ", trig_weights.sizes());
   const int64_t Hq = trig_weights.size(1), O = trig_weights.size(2);
-  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "Hq (", Hq, ") must be a multiple of Hkv (", Hkv, ")");
-  TORCH_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= D,
-              "rotary_dim must be even and in (0, D=", D, "], got ", rotary_dim);
-  check_f32_contiguous(norm_weights, "norm_weights");
-  TORCH_CHECK(norm_weights.dim() == 3 && norm_weights.size(0) == B && norm_weights.size(1) == Hq &&
-                  norm_weights.size(2) == rotary_dim / 2,
-              "norm_weights must be [B=", B, ", Hq=", Hq, ", R/2=", rotary_dim / 2, "], got shape ",
-              norm_weights.sizes());
-  check_f32_contiguous(out, "out");
-  TORCH_CHECK(out.dim() == 3 && out.size(0) == B && out.size(1) == Hq && out.size(2) == N,
-              "out must be [B=", B, ", Hq=", Hq, ", N=", N, "], got shape ", out.sizes());
   if (out.numel() == 0) return;
   const std::vector<int64_t> ks(keys.strides().begin(), keys.strides().end());
   auto run = [&](auto tag) {
@@ -226,20 +197,9 @@ void score_keys(torch::Tensor& out, torch::Tensor const& keys, torch::Tensor con
 
 void zscore_group_reduce(torch::Tensor& out, torch::Tensor const& scores, torch::Tensor const& candidates,
                          int64_t group_size, bool use_max) {
-  check_f32_contiguous(scores, "scores");
-  TORCH_CHECK(scores.dim() == 3, "scores must be [B, Hq, N], got shape ", scores.sizes());
+  triattention::checks::zscore_group_reduce(out, scores, candidates, group_size, c10::DeviceType::CPU);
   const int64_t B = scores.size(0), Hq = scores.size(1), N = scores.size(2);
-  TORCH_CHECK(group_size >= 1 && Hq % group_size == 0, "group_size must divide Hq (", Hq, "), got ",
-              group_size);
   const int64_t Hkv = Hq / group_size;
-  check_cpu(candidates, "candidates");
-  TORCH_CHECK(candidates.scalar_type() == at::kBool, "candidates must be bool, got ", candidates.scalar_type());
-  TORCH_CHECK(candidates.is_contiguous(), "candidates must be contiguous, got strides ", candidates.strides());
-  TORCH_CHECK(candidates.dim() == 2 && candidates.size(0) == B && candidates.size(1) == N,
-              "candidates must be [B=", B, ", N=", N, "], got shape ", candidates.sizes());
-  check_f32_contiguous(out, "out");
-  TORCH_CHECK(out.dim() == 3 && out.size(0) == B && out.size(1) == Hkv && out.size(2) == N,
-              "out must be [B=", B, ", Hkv=", Hkv, ", N=", N, "], got shape ", out.sizes());
   if (out.numel() == 0) return;
   const float* s = scores.data_ptr<float>();
   const bool* cand = candidates.data_ptr<bool>();
@@ -273,15 +233,8 @@ void zscore_group_reduce(torch::Tensor& out, torch::Tensor const& scores, torch:
 }
 
 void select_topk(torch::Tensor& out, torch::Tensor const& scores, int64_t k) {
-  check_f32_contiguous(scores, "scores");
-  TORCH_CHECK(scores.dim() == 2, "scores must be [R, N], got shape ", scores.sizes());
+  triattention::checks::select_topk(out, scores, k, c10::DeviceType::CPU);
   const int64_t R = scores.size(0), N = scores.size(1);
-  TORCH_CHECK(k >= 0 && k <= N, "k must be in [0, N=", N, "], got ", k);
-  check_cpu(out, "out");
-  TORCH_CHECK(out.scalar_type() == at::kLong, "out must be int64, got ", out.scalar_type());
-  TORCH_CHECK(out.is_contiguous(), "out must be contiguous, got strides ", out.strides());
-  TORCH_CHECK(out.dim() == 2 && out.size(0) == R && out.size(1) == k, "out must be [R=", R, ", k=", k,
-              "], got shape ", out.sizes());
   if (out.numel() == 0) return;
   const float* s = scores.data_ptr<float>();
   int64_t* o = out.data_ptr<int64_t>();
@@ -303,22 +256,10 @@ void select_topk(torch::Tensor& out, torch::Tensor const& scores, int64_t k) {
 }
 
 void compact_(at::TensorList caches, torch::Tensor const& indices) {
-  check_cpu(indices, "indices");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "indices must be int64, got ", indices.scalar_type());
-  TORCH_CHECK(indices.is_contiguous(), "indices must be contiguous, got strides ", indices.strides());
-  TORCH_CHECK(indices.dim() == 3, "indices must be [B, H, K], got shape ", indices.sizes());
+  triattention::checks::compact(caches, indices, c10::DeviceType::CPU);
   const int64_t B = indices.size(0), H = indices.size(1), K = indices.size(2);
   int64_t min_c = INT64_MAX;
-  for (size_t i = 0; i < caches.size(); ++i) {
-    const auto& c = caches[i];
-    check_cpu(c, "caches[i]");
-    TORCH_CHECK(c.dim() == 4 && c.size(0) == B && c.size(1) == H && c.size(2) >= K, "caches[", i,
-                "] must be [B=", B, ", H=", H, ", C>=", K, ", D], got shape ", c.sizes());
-    TORCH_CHECK(c.is_floating_point(), "caches[", i, "] must be a float tensor, got ", c.scalar_type());
-    TORCH_CHECK(c.size(3) <= 1 || c.stride(3) == 1, "caches[", i, "] must have last-dim stride 1, got strides ",
-                c.strides());
-    min_c = std::min(min_c, c.size(2));
-  }
+  for (const auto& c : caches) min_c = std::min(min_c, c.size(2));
   if (caches.empty() || indices.numel() == 0) return;
   const int64_t* idx = indices.data_ptr<int64_t>();
   for (int64_t r = 0; r < B * H; ++r) {

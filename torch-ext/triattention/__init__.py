@@ -15,7 +15,7 @@ from .reference import (
 )
 from .rope import apply_rope, invert_rope, inverse_rope, pair_slices, rotate_half, to_complex_pairs
 from .scoring import round_tables, round_weights, score_post_rope_keys
-from .selection import combine_layers, compact_, reduce_query_heads, segment_quota_scores, select_keep_indices
+from .selection import combine_layers, compact_, reduce_query_heads, select_keep_indices
 from .stats import QueryFrequencyStats
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "reduce_query_heads",
     "combine_layers",
     "select_keep_indices",
-    "segment_quota_scores",
     "compact_",
     # RoPE helpers and statistics
     "apply_rope",

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+// Device helpers shared by the CUDA (and, hipified, ROCm) kernels of kernel_src/OPS.md.
+//
+// Portability: every cross-lane operation works inside groups of at most 32 lanes (the shuffle `width`), so the
+// code is the same on 32-wide warps and on 64-wide ROCm wavefronts; blocks are multiples of 64 threads, so no
+// wavefront is ever partial and every lane of a group reaches each shuffle.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../triattention_checks.h"
+#include "../triattention_math.h"
+
+#if defined(USE_ROCM) || defined(__HIP_PLATFORM_AMD__)
+#define TRIATT_ROCM 1
+#endif
+
+namespace triattention {
+namespace cuda {
+
+namespace tmath = triattention::math;
+
+constexpr int kThreads = 256;   // threads per block of every kernel (a multiple of 64, see above)
+constexpr int kLaneGroup = 32;  // lanes of one shuffle group (a warp on NVIDIA, half a CDNA wavefront)
+
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+template <typename T>
+__device__ __forceinline__ T shfl_xor(T v, int lane_mask, int width) {
+#ifdef TRIATT_ROCM
+  return __shfl_xor(v, lane_mask, width);
+#else
+  return __shfl_xor_sync(0xffffffffu, v, lane_mask, width);
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ T shfl_up(T v, unsigned int delta, int width) {
+#ifdef TRIATT_ROCM
+  return __shfl_up(v, delta, width);
+#else
+  return __shfl_up_sync(0xffffffffu, v, delta, width);
+#endif
+}
+
+// Sum over a 32-lane group, every lane gets the total. A fixed butterfly: the result does not depend on timing,
+// so every block that reduces the same values gets the same bits.
+template <typename T>
+__device__ __forceinline__ T group_sum(T v) {
+#pragma unroll
+  for (int m = kLaneGroup / 2; m > 0; m >>= 1) v += shfl_xor(v, m, kLaneGroup);
+  return v;
+}
+
+// Sum over the block (kThreads threads), returned to every thread; deterministic (fixed order). `buf` holds
+// kThreads / kLaneGroup values and may be reused after the call.
+template <typename T>
+__device__ T block_sum(T v, T* buf) {
+  constexpr int kGroups = kThreads / kLaneGroup;
+  v = group_sum(v);
+  if (threadIdx.x % kLaneGroup == 0) buf[threadIdx.x / kLaneGroup] = v;
+  __syncthreads();
+  T total = buf[0];
+#pragma unroll
+  for (int i = 1; i < kGroups; ++i) total += buf[i];
+  __syncthreads();
+  return total;
+}
+
+// Exclusive prefix sum over the block (kThreads threads, in thread order); `buf` holds kThreads / kLaneGroup ints.
+__device__ __forceinline__ int block_exclusive_scan(int v, int* buf) {
+  constexpr int kGroups = kThreads / kLaneGroup;
+  const int lane = threadIdx.x % kLaneGroup, group = threadIdx.x / kLaneGroup;
+  int x = v;
+#pragma unroll
+  for (int d = 1; d < kLaneGroup; d <<= 1) {
+    const int y = shfl_up(x, d, kLaneGroup);
+    if (lane >= d) x += y;
+  }
+  if (lane == kLaneGroup - 1) buf[group] = x;
+  __syncthreads();
+  int before = 0;
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) before += i < group ? buf[i] : 0;
+  __syncthreads();
+  return before + x - v;
+}
+
+// Key elements as fp32 from their raw bits (c10 types convert the same way on host and device).
+template <typename scalar_t>
+__device__ __forceinline__ float to_float(scalar_t x) {
+  return static_cast<float>(x);
+}
+
+}  // namespace cuda
+}  // namespace triattention

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: Apache-2.0
+// compact_ (kernel_src/OPS.md, op 4) on CUDA/ROCm: in place, cache[b, h, j] = old cache[b, h, indices[b, h, j]].
+//
+// Why it is safe in place. Within one (b, h) and one column range, a row r is read only by the j with
+// indices[j] = r, and indices[j] >= j, so every reader of row r is at a position j <= r: row r is never read after
+// position r, where it is written. One block walks j upward in tiles; it reads a whole tile (sources at or after
+// the tile start, untouched so far) into registers, syncs, then writes the tile's rows. The next tile reads rows
+// at or after its own start, which no earlier tile wrote, and its writes come after its own sync, which every
+// thread reaches only once its loads of the previous tile have been consumed by its stores: no second sync is
+// needed. Identity rows (indices[j] == j) are skipped.
+//
+// Where the parallelism comes from. Rows of different (b, h) are independent, and so are disjoint column ranges of
+// the same rows: the argument above holds for each column range on its own. So each block owns one
+// (b, h, column slice of 32 or 64 bytes, cache): B * H * slices * caches blocks, each streaming K rows
+// of its slice with up to kThreads * kUnitsPerThread vector loads in flight. Nothing is split along j, where
+// blocks would need to order their reads before other blocks' writes.
+#include "common.cuh"
+
+#include <algorithm>
+#include <vector>
+
+namespace triattention {
+namespace cuda {
+namespace {
+
+constexpr int kMaxCachesPerLaunch = 32;
+constexpr int kUnitsPerThread = 8;
+
+struct CompactCache {
+  char* base;
+  int64_t stride_b, stride_h, stride_c;  // bytes
+  int64_t capacity;                      // C
+  int64_t row_units;                     // vec_bytes units per row
+  int vec_bytes;                         // 16, 8, 4, 2 or 1: alignment of base, strides and row
+  int slice_units;                       // units per column slice
+  int slices;
+};
+
+struct CompactBatch {
+  CompactCache caches[kMaxCachesPerLaunch];
+};
+
+template <typename vec_t>
+__device__ void compact_slice(const CompactCache& c, const int64_t* __restrict__ idx, int64_t b, int64_t h,
+                              int slice, int64_t K) {
+  const int64_t col0 = static_cast<int64_t>(slice) * c.slice_units;
+  const int64_t cols = min64(c.slice_units, c.row_units - col0);
+  // A slice is at most 64 bytes, so at most 64 <= kTileUnits units wide, so a tile holds >= 1 whole rows of it.
+  constexpr int64_t kTileUnits = static_cast<int64_t>(kThreads) * kUnitsPerThread;
+  const int64_t tile_rows = kTileUnits / cols;
+  char* base = c.base + b * c.stride_b + h * c.stride_h + col0 * static_cast<int64_t>(sizeof(vec_t));
+  for (int64_t j0 = 0; j0 < K; j0 += tile_rows) {
+    const int64_t units = min64(tile_rows, K - j0) * cols;
+    vec_t buf[kUnitsPerThread];
+    int64_t dst[kUnitsPerThread];
+#pragma unroll
+    for (int i = 0; i < kUnitsPerThread; ++i) {
+      dst[i] = -1;
+      const int64_t u = threadIdx.x + static_cast<int64_t>(i) * kThreads;
+      if (u >= units) continue;
+      const int64_t j = j0 + u / cols, col = u % cols;
+      const int64_t src = idx[j];
+      if (src <= j || src >= c.capacity) continue;  // identity row, or outside the contract (src < j)
+      buf[i] = *reinterpret_cast<const vec_t*>(base + src * c.stride_c + col * static_cast<int64_t>(sizeof(vec_t)));
+      dst[i] = j * c.stride_c + col * static_cast<int64_t>(sizeof(vec_t));
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kUnitsPerThread; ++i)
+      if (dst[i] >= 0) *reinterpret_cast<vec_t*>(base + dst[i]) = buf[i];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    compact_kernel(CompactBatch batch, const int64_t* __restrict__ indices,  // [B, H, K]
+                   int64_t H, int64_t K, int max_slices) {
+  const CompactCache& c = batch.caches[blockIdx.y];
+  const int64_t bh = blockIdx.x / max_slices;
+  const int slice = static_cast<int>(blockIdx.x % max_slices);
+  if (slice >= c.slices) return;  // the block is uniform: no thread reaches a barrier alone
+  const int64_t b = bh / H, h = bh % H;
+  const int64_t* idx = indices + bh * K;
+  switch (c.vec_bytes) {
+    case 16: compact_slice<uint4>(c, idx, b, h, slice, K); break;
+    case 8: compact_slice<uint2>(c, idx, b, h, slice, K); break;
+    case 4: compact_slice<uint32_t>(c, idx, b, h, slice, K); break;
+    case 2: compact_slice<uint16_t>(c, idx, b, h, slice, K); break;
+    default: compact_slice<uint8_t>(c, idx, b, h, slice, K); break;
+  }
+}
+
+int vec_bytes_for(std::initializer_list<int64_t> values) {
+  int v = 16;
+  for (int64_t x : values)
+    while (v > 1 && x % v != 0) v >>= 1;
+  return v;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace triattention
+
+using namespace triattention::cuda;
+
+void compact_(at::TensorList caches, at::Tensor const& indices) {
+  triattention::checks::compact(caches, indices, c10::DeviceType::CUDA);
+  const int64_t B = indices.size(0), H = indices.size(1), K = indices.size(2);
+  if (caches.empty() || indices.numel() == 0) return;
+  const auto device = indices.device();
+  const c10::cuda::OptionalCUDAGuard device_guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
+  // 64-byte slices keep whole DRAM bursts per row; with few (b, h, cache) rows, 32-byte slices double the blocks.
+  const int64_t row_sets = B * H * static_cast<int64_t>(caches.size());
+  const int slice_bytes = row_sets * 4 >= 2 * static_cast<int64_t>(sms) ? 64 : 32;
+  std::vector<CompactCache> entries;
+  for (const auto& c : caches) {
+    const int64_t es = c.element_size(), row_bytes = c.size(3) * es;
+    if (row_bytes == 0) continue;
+    CompactCache e{static_cast<char*>(c.data_ptr()), c.stride(0) * es, c.stride(1) * es, c.stride(2) * es,
+                   c.size(2), 0, 1, 1, 1};
+    e.vec_bytes = vec_bytes_for({static_cast<int64_t>(reinterpret_cast<uintptr_t>(e.base)), e.stride_b,
+                                 e.stride_h, e.stride_c, row_bytes});
+    e.row_units = row_bytes / e.vec_bytes;
+    e.slice_units = std::max(1, slice_bytes / e.vec_bytes);
+    e.slices = static_cast<int>((e.row_units + e.slice_units - 1) / e.slice_units);
+    entries.push_back(e);
+  }
+  for (size_t first = 0; first < entries.size(); first += kMaxCachesPerLaunch) {
+    const size_t n = std::min<size_t>(kMaxCachesPerLaunch, entries.size() - first);
+    CompactBatch batch{};
+    std::copy(entries.begin() + first, entries.begin() + first + n, batch.caches);
+    int max_slices = 1;
+    for (size_t i = 0; i < n; ++i) max_slices = std::max(max_slices, batch.caches[i].slices);
+    compact_kernel<<<dim3(B * H * max_slices, n), kThreads, 0, stream>>>(batch, indices.data_ptr<int64_t>(), H, K,
+                                                                           max_slices);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}

@@ -1,0 +1,270 @@
+#!/usr/bin/env python
+"""One command for a GPU machine: build the CUDA variant, test it, benchmark it, run the end-to-end benchmark.
+
+Steps, each under one overall deadline and its own time limit; a failing or timed-out step is recorded and the
+next one runs. ``$OUT/gpu_results.json`` (every figure) is rewritten after every step, so a run cut short keeps
+what it measured; each step's output goes to ``$OUT/logs/<step>.log``.
+
+  env     torch / CUDA / GPU / nvcc versions
+  wheels  ``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` when ``.whl/`` exists (wheels the
+          GPU image lacks; scripts/fetch_gpu_wheels.sh), then /tmp/site goes first on PYTHONPATH
+  build   scripts/build_cuda_variant.py for the local GPU's arch only (about a minute), into build/
+  tests   pytest tests/test_compiled_ops.py -k cuda with TRIATTENTION_VARIANT_DIR = the built variant
+  bench   benchmarks/bench_kernels.py --device cuda --json $OUT/bench_kernels.json
+  e2e     --e2e-cmd (default: benchmarks/bench_e2e.py --device cuda --json $OUT/bench_e2e.json, skipped while
+          that file does not exist)
+  extra   every --extra-cmd, in order
+Commands may use {python}, {out}, {device}, {variant} and {build}; they run from the repo root with
+LOCAL_KERNELS and TRIATTENTION_VARIANT_DIR pointing at the built variant, and PYTHONPATH = [/tmp/site,]
+torch-ext, src. A command that writes the JSON file it names under {out} gets that file merged into the results.
+
+--dry runs every step on this CPU: no wheels, the CPU variant instead of the CUDA build, the CPU kernels_ci tests,
+tiny benchmark shapes.
+
+Usage: python scripts/gpu_check.py [--deadline-s 450] [--out DIR] [--e2e-cmd CMD] [--extra-cmd CMD]... [--dry]
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO_ID = "triattention-community/triattention"
+SITE = Path("/tmp/site")
+DEFAULT_E2E = "{python} benchmarks/bench_e2e.py --device {device} --json {out}/bench_e2e.json"
+
+
+class Check:
+    def __init__(self, args):
+        self.args = args
+        self.t0 = time.time()
+        self.deadline = self.t0 + args.deadline_s
+        self.out = args.out.resolve()
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        self.device = "cpu" if args.dry else "cuda"
+        self.variant = None
+        self.results = {"dry": args.dry, "argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        "deadline_s": args.deadline_s, "steps": {}}
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._prepend_path(str(ROOT / "src"))
+        self._prepend_path(str(ROOT / "torch-ext"))
+
+    def _prepend_path(self, path: str) -> None:
+        old = self.env.get("PYTHONPATH", "")
+        self.env["PYTHONPATH"] = path + (os.pathsep + old if old else "")
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def save(self) -> None:
+        self.results["elapsed_s"] = round(time.time() - self.t0, 1)
+        tmp = self.out / "gpu_results.json.tmp"
+        tmp.write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+        tmp.replace(self.out / "gpu_results.json")
+
+    def step(self, name: str, fn, need_s: float = 5) -> None:
+        """Run ``fn`` and record ``{ok, s, result | error}``; skipped when less than ``need_s`` is left."""
+        if self.left() < need_s:
+            self.results["steps"][name] = {"ok": False, "skipped": f"{self.left():.0f} s left, needs {need_s:.0f}"}
+            self.save()
+            print(f"=== {name}: skipped ({self.left():.0f} s left)", flush=True)
+            return
+        print(f"=== {name} (t={time.time() - self.t0:.0f} s, {self.left():.0f} s left)", flush=True)
+        t = time.time()
+        try:
+            entry = {"ok": True, "result": fn()}
+        except Exception as err:  # one failure must not lose the other steps
+            entry = {"ok": False, "error": f"{type(err).__name__}: {err}"[-3000:], "tb": traceback.format_exc()[-3000:]}
+        entry["s"] = round(time.time() - t, 1)
+        self.results["steps"][name] = entry
+        self.save()
+        print(json.dumps(entry, default=str)[:2000], flush=True)
+
+    def run(self, name: str, cmd, limit_s: float, env=None) -> dict:
+        """Run ``cmd`` (list or shell string) with a time limit; its whole process group is killed on timeout."""
+        limit = max(1.0, min(limit_s, self.left() - 2))
+        log = self.out / "logs" / f"{name}.log"
+        shell = isinstance(cmd, str)
+        t = time.time()
+        with open(log, "w") as f:
+            f.write(f"$ {cmd if shell else shlex.join(cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, shell=shell, cwd=ROOT, env=env or self.env, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=limit)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+                timed_out = True
+        text = log.read_text(errors="replace")
+        res = {"rc": rc, "timed_out": timed_out, "limit_s": round(limit), "s": round(time.time() - t, 1),
+               "log": str(log), "tail": text[-2500:]}
+        if rc != 0 or timed_out:
+            raise RuntimeError(f"{name}: rc={rc} timed_out={timed_out} after {res['s']} s\n{text[-1500:]}")
+        return res
+
+    def expand(self, cmd: str) -> str:
+        """Only these placeholders are replaced, so commands may hold other braces (python -c "{...}")."""
+        variant = str(self.variant or "")
+        values = {"python": sys.executable, "out": str(self.out), "device": self.device, "variant": variant,
+                  "build": str(Path(variant).parent) if variant else ""}
+        for key, value in values.items():
+            cmd = cmd.replace("{" + key + "}", shlex.quote(value) if value else "")
+        return cmd
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def env_info(self) -> dict:
+        import torch
+
+        info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+                "cuda_available": torch.cuda.is_available(), "cwd": str(ROOT)}
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm,driver_version",
+                                  "--format=csv,noheader"], capture_output=True, text=True)
+            info["nvidia_smi"] = smi.stdout.strip()
+        try:
+            nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip()
+            info["nvcc"] = nvcc.splitlines()[-1] if nvcc else None
+        except OSError:
+            info["nvcc"] = None
+        if not self.args.dry and not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device visible (use --dry on a CPU machine)")
+        return info
+
+    def wheels(self) -> dict:
+        wheels = sorted(glob.glob(str(ROOT / ".whl" / "*.whl")))
+        if self.args.dry:
+            return "dry run: the local environment is used"
+        if not wheels:
+            return "no .whl/ folder: the image's packages are used"
+        self.run("wheels", [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                            "--target", str(SITE), "--upgrade", *wheels], 120)
+        self._prepend_path(str(SITE))
+        sys.path.insert(0, str(SITE))
+        probe = subprocess.run([sys.executable, "-c", "import transformers, kernels; "
+                                "print(transformers.__version__, kernels.__version__)"],
+                               env=self.env, capture_output=True, text=True)
+        return {"installed": [Path(w).name for w in wheels], "transformers_kernels": probe.stdout.strip() or probe.stderr[-500:]}
+
+    def build(self) -> dict:
+        if self.args.dry:
+            cmd = [sys.executable, "scripts/build_cpu_variant.py"]
+        else:
+            cmd = [sys.executable, "scripts/build_cuda_variant.py"] + (["--archs", *self.args.archs] if self.args.archs else [])
+        res = self.run("build", cmd, self.args.build_timeout_s)
+        # The build scripts print the variant dir (then a duration) on their last line.
+        last = res["tail"].strip().splitlines()[-1]
+        self.variant = Path(re.sub(r" \(\d+ s\)$", "", last).strip())
+        if not (self.variant / "metadata.json").exists():
+            raise RuntimeError(f"no variant at {self.variant}")
+        self.env["LOCAL_KERNELS"] = f"{REPO_ID}={self.variant.parent}"
+        self.env["TRIATTENTION_VARIANT_DIR"] = str(self.variant)
+        if self.args.dry:  # the CUDA fixture must not pick up a CPU variant
+            self.env.pop("TRIATTENTION_VARIANT_DIR")
+        return {"variant": str(self.variant), "metadata": json.loads((self.variant / "metadata.json").read_text()),
+                "s": res["s"]}
+
+    def tests(self) -> dict:
+        select = ["-k", "cpu", "-m", "kernels_ci"] if self.args.dry else ["-k", "cuda"]
+        junit = self.out / "tests_junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", f"--junitxml={junit}",
+               "tests/test_compiled_ops.py", *select]
+        try:
+            res = self.run("tests", cmd, self.args.tests_timeout_s)
+        finally:
+            summary = _pytest_summary((self.out / "logs" / "tests.log").read_text(errors="replace"))
+            self.results["tests_summary"] = summary
+        return {"summary": summary, "s": res["s"]}
+
+    def bench(self) -> dict:
+        path = self.out / "bench_kernels.json"
+        cmd = [sys.executable, "benchmarks/bench_kernels.py", "--device", self.device, "--json", str(path)]
+        if self.args.dry:
+            cmd.append("--quick")
+        try:
+            self.run("bench", cmd, self.args.bench_timeout_s)
+        finally:
+            if path.exists():  # partial figures survive a timeout
+                self.results["bench_kernels"] = json.loads(path.read_text())
+        return {"json": str(path)}
+
+    def command(self, name: str, cmd: str, limit_s: float) -> dict:
+        expanded = self.expand(cmd)
+        tokens = [t.split("=", 1)[-1] for t in shlex.split(expanded)]
+        named = [Path(t) for t in tokens if t.endswith(".json") and t.startswith(str(self.out))]
+        try:
+            res = self.run(name, expanded, limit_s)
+        finally:
+            for p in named:
+                if p.exists():
+                    try:
+                        self.results.setdefault("command_json", {})[f"{name}:{p.name}"] = json.loads(p.read_text())
+                    except ValueError:
+                        pass
+        return {"cmd": expanded, "s": res["s"], "tail": res["tail"][-1500:]}
+
+    def main(self) -> int:
+        self.step("env", self.env_info, need_s=1)
+        self.step("wheels", self.wheels, need_s=20)
+        self.step("build", self.build, need_s=30)
+        if self.variant is None:
+            self.results["steps"]["tests"] = {"ok": False, "skipped": "no variant built"}
+            self.results["steps"]["bench"] = {"ok": False, "skipped": "no variant built"}
+        else:
+            self.step("tests", self.tests, need_s=30)
+            self.step("bench", self.bench, need_s=30)
+        e2e = self.args.e2e_cmd
+        if e2e is None and not (ROOT / "benchmarks" / "bench_e2e.py").exists():
+            self.results["steps"]["e2e"] = {"ok": True, "skipped": "benchmarks/bench_e2e.py does not exist"}
+            self.save()
+        elif e2e != "":
+            self.step("e2e", lambda: self.command("e2e", e2e or DEFAULT_E2E, self.args.e2e_timeout_s), need_s=20)
+        for i, cmd in enumerate(self.args.extra_cmd):
+            self.step(f"extra{i + 1}", lambda cmd=cmd, i=i: self.command(f"extra{i + 1}", cmd,
+                                                                            self.args.extra_timeout_s), need_s=10)
+        self.results["ok"] = all(s.get("ok") for s in self.results["steps"].values())
+        self.save()
+        brief = {k: ("ok" if v.get("ok") else v.get("skipped") or "FAILED") for k, v in self.results["steps"].items()}
+        print(f"\nDONE in {time.time() - self.t0:.0f} s: {json.dumps(brief)}\nresults: {self.out / 'gpu_results.json'}",
+              flush=True)
+        return 0 if self.results["ok"] else 1
+
+
+def _pytest_summary(text: str) -> dict:
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed)", text)}
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
+    return {"counts": counts, "failed": failed[:50]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry", action="store_true", help="run every step on this CPU (CPU variant, tiny shapes)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "gpu_out"),
+                        help="results folder (default: $OUT, else gpu_out/)")
+    parser.add_argument("--deadline-s", type=float, default=450, help="overall time budget (default 450)")
+    parser.add_argument("--archs", nargs="+", default=None, help="CUDA archs to build (default: the local GPU's)")
+    parser.add_argument("--build-timeout-s", type=float, default=240)
+    parser.add_argument("--tests-timeout-s", type=float, default=150)
+    parser.add_argument("--bench-timeout-s", type=float, default=150)
+    parser.add_argument("--e2e-cmd", default=None,
+                        help=f"end-to-end command ('' to skip; default, when the file exists: {DEFAULT_E2E})")
+    parser.add_argument("--e2e-timeout-s", type=float, default=240)
+    parser.add_argument("--extra-cmd", action="append", default=[], help="another command to run (repeatable)")
+    parser.add_argument("--extra-timeout-s", type=float, default=120, help="time limit of each --extra-cmd")
+    return Check(parser.parse_args()).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
