@@ -12,7 +12,6 @@ from . import _dispatch
 
 GRANULARITIES = ("per_head", "per_layer_head", "union")
 GROUP_AGGREGATIONS = ("max", "mean")
-LAYER_AGGREGATIONS = ("mean", "max")
 
 
 def reduce_query_heads(
@@ -51,11 +50,10 @@ def reduce_query_heads(
     return out.view(batch, hkv, n)
 
 
-def combine_layers(per_layer: Sequence[torch.Tensor], granularity: str = "per_head",
-                   layer_aggregation: str = "mean") -> List[torch.Tensor]:
+def combine_layers(per_layer: Sequence[torch.Tensor], granularity: str = "per_head") -> List[torch.Tensor]:
     """Turn per-layer ``[B, Hkv, N]`` scores into the scores each layer selects by.
 
-    - ``per_head`` (paper default): mean (or ``layer_aggregation="max"``) over layers, one key set per KV
+    - ``per_head`` (paper default): mean over layers, one key set per KV
       head shared by all layers.
     - ``per_layer_head``: every (layer, KV head) selects on its own scores.
     - ``union``: max over layers and KV heads, one key set for the whole model.
@@ -63,8 +61,6 @@ def combine_layers(per_layer: Sequence[torch.Tensor], granularity: str = "per_he
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if layer_aggregation not in LAYER_AGGREGATIONS:
-        raise ValueError(f"layer_aggregation must be one of {LAYER_AGGREGATIONS}, got {layer_aggregation!r}")
     if not per_layer:
         return []
     if granularity == "per_layer_head":
@@ -72,39 +68,10 @@ def combine_layers(per_layer: Sequence[torch.Tensor], granularity: str = "per_he
     home = per_layer[0].device
     stacked = torch.stack([s.to(home) for s in per_layer])  # [L, B, Hkv, N]
     if granularity == "per_head":
-        shared = stacked.mean(dim=0) if layer_aggregation == "mean" else stacked.amax(dim=0)
+        shared = stacked.mean(dim=0)
     else:
         shared = stacked.amax(dim=(0, 2), keepdim=False)[:, None, :].expand_as(per_layer[0]).to(home)
     return [shared.to(s.device) for s in per_layer]
-
-
-def segment_quota_scores(scores: torch.Tensor, positions: torch.Tensor, segments: int) -> torch.Tensor:
-    """Re-rank ``scores [B, H, N]`` so that top-k keeps the same fraction of every position segment.
-
-    The candidates' (finite score) position range of each (row, head) is cut into ``segments`` equal
-    parts; a candidate's new score is ``1 - (rank + 0.5) / count`` with ``rank`` its place in its segment's
-    score order (ties: earlier slot first) and ``count`` the segment's candidates. Top-k of the result takes
-    from each segment in proportion to its size, each segment's best first. Non-candidates stay ``-inf``.
-    """
-    if segments < 1:
-        raise ValueError(f"segments must be >= 1, got {segments}")
-    if positions.shape != scores.shape:
-        raise ValueError(f"positions {tuple(positions.shape)} must match scores {tuple(scores.shape)}")
-    cand = torch.isfinite(scores)
-    pos = positions.to(scores.device, torch.int64)
-    big = torch.iinfo(torch.int64).max
-    lo = torch.where(cand, pos, big).amin(-1, keepdim=True)
-    hi = torch.where(cand, pos, -1).amax(-1, keepdim=True)
-    span = (hi - lo + 1).clamp_min(1)
-    seg = ((pos - lo).clamp_min(0) * segments // span).clamp(0, segments - 1)
-    order = torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
-    seg_sorted = torch.where(cand.gather(-1, order), seg.gather(-1, order), segments)  # non-candidates apart
-    onehot = torch.nn.functional.one_hot(seg_sorted, segments + 1)  # [B, H, N, S+1]
-    rank_sorted = onehot.cumsum(-2).gather(-1, seg_sorted[..., None])[..., 0] - 1
-    count_sorted = onehot.sum(-2).gather(-1, seg_sorted)
-    quota = 1.0 - (rank_sorted.float() + 0.5) / count_sorted.clamp_min(1).float()
-    out = torch.empty_like(scores, dtype=torch.float32).scatter_(-1, order, quota)
-    return out.masked_fill(~cand, float("-inf"))
 
 
 def select_keep_indices(
