@@ -53,11 +53,17 @@ def generate(model, input_ids, attention_mask: Optional[torch.Tensor] = None, *,
     """``model.generate`` with a fresh :class:`TriAttentionCache` and the triattention attention function.
 
     ``input_ids`` may be a tensor or what the tokenizer returns (``BatchEncoding``). Settings come from
-    ``config`` (default :class:`TriAttentionConfig`) or a ``method`` spec; ``budget``/``interval`` override
-    either. Other keyword arguments go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ``streamer``, ...).
+    ``config`` (default :class:`TriAttentionConfig`) or a ``method`` spec; keyword settings (``budget=``,
+    ``interval=``, ``prefill_chunk=``, any :class:`TriAttentionConfig` field) override either. Other keyword
+    arguments go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ``streamer``, ...).
     Returns the generated ids, or ``(ids, cache)`` with ``return_cache=True``.
     """
     input_ids, attention_mask = _split_inputs(input_ids, attention_mask)
+    settings = {k: generate_kwargs.pop(k) for k in list(generate_kwargs) if k in TriAttentionConfig.field_names()}
+    if budget is not None:
+        settings["budget"] = budget
+    if interval is not None:
+        settings["interval"] = interval
     if generate_kwargs.get("use_cache") is False:
         raise ValueError("use_cache=False cannot compress anything (every step re-reads the whole sequence): "
                          "drop use_cache=False")
@@ -67,14 +73,10 @@ def generate(model, input_ids, attention_mask: Optional[torch.Tensor] = None, *,
     if method is not None:
         if config is not None:
             raise ValueError("pass either config or method, not both")
-        cache = build_cache(model, method, budget, interval, calibration=calibration)
+        cache = build_cache(model, method, calibration=calibration, **settings)
     else:
-        settings = (config or TriAttentionConfig()).to_dict()
-        if budget is not None:
-            settings["budget"] = budget
-        if interval is not None:
-            settings["interval"] = interval
-        cache = TriAttentionCache(model, TriAttentionConfig(**settings), calibration)
+        cache = TriAttentionCache(model, TriAttentionConfig(**{**(config or TriAttentionConfig()).to_dict(),
+                                                               **settings}), calibration)
     if cache.config.prefill_chunk and "prefill_chunk_size" not in generate_kwargs:
         generate_kwargs["prefill_chunk_size"] = cache.config.prefill_chunk
     with use_triattention_attention(model):

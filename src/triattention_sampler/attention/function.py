@@ -1,14 +1,14 @@
 """``attn_implementation="triattention"``: attention over the compacted cache.
 
-transformers calls the attention function after ``past_key_values.update`` and never passes the cache,
-so the function finds the :class:`TriAttentionCache` that just ran ``update`` on this thread. From its
-per-slot metadata it masks padding and filler slots (which the logical 2-D mask cannot address once
-slots are compacted), applies causality over physical slots (kept tokens stay in temporal order, new
-ones are appended) and sliding windows by RoPE position, and feeds online calibration with the
-layer's pre-RoPE queries. GQA runs without repeating K/V: the query heads of a KV head are folded into
-the query-length axis.
+transformers calls the attention function after ``past_key_values.update`` and never passes the cache, so the
+function finds the :class:`TriAttentionCache` whose ``update`` just ran on this thread. From the layer's slot table
+it masks padding and filler slots (which the logical 2-D mask cannot address once slots are compacted) and applies
+sliding windows by RoPE position; it feeds the scorer what it needs recorded (online statistics from pre-RoPE
+queries, recent queries). The mask function reads the 2-D padding mask once per forward (the only host read of a
+step, and none when nothing is padded: ``generate`` then passes no mask at all).
 """
-from typing import Optional
+import threading
+from typing import List, Optional
 
 import torch
 
@@ -16,17 +16,33 @@ from triattention.rope import inverse_rope
 
 from ..cache import active_cache
 from ..errors import CacheMisuseError
-from .sdpa import build_mask, sdpa_grouped
+from .sdpa import causal_attention, masked_attention
 
 NAME = "triattention"
+OBSERVE_TOKENS = 2048  # queries inverted and accumulated at once (bounds the float64 working set of a prefill)
+_MASKS = threading.local()
 
 
 def triattention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
                       mask_function=None, attention_mask: Optional[torch.Tensor] = None, **kwargs):
-    """Hand the 2-D padding mask through (``None`` when nothing is padded); the attention function masks."""
+    """Hand the 2-D padding mask through (``None`` when nothing is padded); the attention function masks.
+
+    Also notes how many of this step's ``q_length`` tokens are real per row, so the layers need not read it."""
     if attention_mask is None or attention_mask.dim() != 2:
         return attention_mask
-    return None if bool(attention_mask.all()) else attention_mask.bool()
+    mask = attention_mask.bool()
+    totals, new = torch.stack([mask.sum(-1), mask[:, -q_length:].sum(-1)]).tolist()  # one host read per forward
+    if all(t == mask.shape[-1] for t in totals):
+        return None
+    _MASKS.last = (mask, new)
+    return mask
+
+
+def _new_token_counts(attention_mask: torch.Tensor, lq: int) -> List[int]:
+    last = getattr(_MASKS, "last", None)
+    if last is not None and last[0] is attention_mask:
+        return last[1]
+    return attention_mask[:, -lq:].sum(-1).tolist()
 
 
 def triattention_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -46,34 +62,45 @@ def triattention_attention(module, query, key, value, attention_mask, dropout: f
     start = layout.last[0]
     if attention_mask is not None and attention_mask.dim() == 2 and layout.padding_checked != layout.step:
         layout.padding_checked = layout.step
-        new_valid = attention_mask[:, -lq:].to(key.device, torch.bool)
-        if not bool(new_valid.all()):
-            layout.mark_padding(new_valid, new_valid.sum(-1).tolist())
+        counts = _new_token_counts(attention_mask, lq)
+        if any(c != lq for c in counts):
+            layout.mark_padding(attention_mask[:, -lq:].to(key.device, torch.bool), counts)
     if cache.query_window is not None and cache.records_queries(idx):  # scorers that use recent attention
         cache.query_window.record(idx, query, layer.pos[:, 0, start:start + lq], scaling)
     if cache.collecting(idx):
-        rope = layer.plan.rope
-        pos = layer.pos[:, 0, start:start + lq]
-        q_pre = inverse_rope(query, rope.omega.to(query.device), pos.clamp_min(0)[:, None, :], rope.scale,
-                             style=rope.style, rotary_dim=rope.rotary_dim)
-        cache.online.observe(idx, q_pre, layer.valid[:, 0, start:start + lq].float())
+        _observe(cache, layer, query, start)
     if layout.all_valid and not window:
-        return sdpa_grouped(query, key, value, None, scaling, causal=True)
-    mask = build_mask(layer.valid[:, :, :n], layer.pos[:, :, :n], layer.pos[:, :, n - lq:n], lq, window)
-    return sdpa_grouped(query, key, value, mask, scaling, causal=True)
+        return causal_attention(query, key, value, scaling)
+    heads = slice(None) if not layout.uniform_heads else slice(0, 1)
+    return masked_attention(query, key, value, scaling, layer.valid[:, heads, :n], layer.pos[:, heads, :n], window)
+
+
+def _observe(cache, layer, query, start: int) -> None:
+    """Pre-RoPE queries of this step into the online statistics, a slice of tokens at a time."""
+    rope = layer.plan.rope
+    omega = rope.omega.to(query.device)
+    lq = query.shape[2]
+    for t0 in range(0, lq, OBSERVE_TOKENS):
+        t1 = min(lq, t0 + OBSERVE_TOKENS)
+        pos = layer.pos[:, 0, start + t0:start + t1]
+        q_pre = inverse_rope(query[:, :, t0:t1], omega, pos.clamp_min(0)[:, None, :], rope.scale, style=rope.style,
+                             rotary_dim=rope.rotary_dim)
+        cache.online.observe(layer.index, q_pre, layer.valid[:, 0, start + t0:start + t1].float())
 
 
 def _plain_attention(query, key, value, attention_mask, scaling, window):
     """Any other cache (or none): physical slots are the last ``N`` logical positions."""
-    b, lq, n = query.shape[0], query.shape[2], key.shape[2]
+    b, n = query.shape[0], key.shape[2]
     if attention_mask is None and not window:
-        return sdpa_grouped(query, key, value, None, scaling, causal=True)
+        return causal_attention(query, key, value, scaling)
     if attention_mask is not None and attention_mask.dim() == 4:  # a prepared mask from another mask function
         mask = attention_mask[:, :, :, -n:].bool()
-        return sdpa_grouped(query, key, value, mask | ~mask.any(-1, keepdim=True), scaling, causal=False)
+        mask = mask | ~mask.any(-1, keepdim=True)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                                               enable_gqa=query.shape[1] != key.shape[1])
+        return out.transpose(1, 2).contiguous(), None
     valid = torch.ones(b, 1, n, dtype=torch.bool, device=query.device)
     if attention_mask is not None:
         valid = attention_mask[:, None, -n:].bool()
-    kpos = torch.arange(n, device=query.device).expand(b, 1, n)
-    mask = build_mask(valid, kpos, kpos[:, :, n - lq:], lq, window)
-    return sdpa_grouped(query, key, value, mask, scaling, causal=False)
+    positions = torch.arange(n, device=query.device).expand(b, 1, n)
+    return masked_attention(query, key, value, scaling, valid, positions, window)

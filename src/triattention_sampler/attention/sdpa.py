@@ -1,34 +1,76 @@
-"""Scaled dot-product attention with grouped-query heads, and the boolean masks the compacted cache needs."""
+"""Scaled dot-product attention over the compacted cache, without materialising what SDPA does not need.
+
+Kept tokens stay in temporal order and new ones are appended, so causality over physical slots is "query ``i`` of
+``Lq`` sees slots ``<= N - Lq + i``" (lower-right aligned). With nothing padded and no window that is SDPA's own
+causal path (``is_causal`` for a prefill, ``causal_lower_right`` for a chunk after cached keys on CUDA) with native
+GQA; otherwise boolean masks are built per query chunk, never ``[G * L, L]`` at once.
+"""
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+MASK_ELEMENTS = 1 << 26  # boolean mask elements built at once (64 MiB)
 
-def sdpa_grouped(query, key, value, mask: Optional[torch.Tensor], scaling: Optional[float], causal: bool):
-    """SDPA with ``query [B, Hq, Lq, D]``, ``key/value [B, Hkv, N, D]``, ``mask [B, Hkv|1, Lq, N]`` bool."""
+
+def _out(attn: torch.Tensor) -> torch.Tensor:
+    """``[B, Hq, Lq, D]`` -> ``[B, Lq, Hq, D]`` contiguous (what the attention modules reshape)."""
+    return attn.transpose(1, 2).contiguous()
+
+
+def _lower_right(lq: int, n: int, device) -> torch.Tensor:
+    return torch.ones(lq, n, dtype=torch.bool, device=device).tril(n - lq)
+
+
+def causal_attention(query, key, value, scaling: Optional[float]):
+    """Every slot holds a real token: causal attention of ``query [B, Hq, Lq, D]`` over ``key/value
+    [B, Hkv, N, D]`` (the last ``Lq`` slots are the queries' own tokens)."""
+    lq, n = query.shape[2], key.shape[2]
+    gqa = query.shape[1] != key.shape[1]
+    if lq == 1 or lq == n:
+        out = F.scaled_dot_product_attention(query, key, value, scale=scaling, is_causal=lq > 1, enable_gqa=gqa)
+    elif query.is_cuda:
+        from torch.nn.attention.bias import causal_lower_right
+
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(lq, n), scale=scaling,
+                                             enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=_lower_right(lq, n, query.device),
+                                             scale=scaling, enable_gqa=gqa)
+    return _out(out), None
+
+
+def masked_attention(query, key, value, scaling: Optional[float], valid: torch.Tensor, positions: torch.Tensor,
+                     window: Optional[int] = None):
+    """Attention with slots that hold no token (``valid [B, H, N]`` False: padding, filler) and optional sliding
+    windows by RoPE position (``positions [B, H, N]``); ``H`` is 1 (same slots in every KV head) or ``Hkv``.
+
+    Queries are processed in chunks so the boolean mask stays under :data:`MASK_ELEMENTS`; per-KV-head masks fold
+    the query heads of a group into the query axis (no K/V repeat)."""
     b, hq, lq, d = query.shape
-    hkv = key.shape[1]
+    hkv, n = key.shape[1], key.shape[2]
+    per_head = valid.shape[1] > 1
     group = hq // hkv
-    q = query.reshape(b, hkv, group * lq, d)
-    if mask is not None:
-        mask = mask.expand(b, hkv, lq, mask.shape[-1])[:, :, None].expand(b, hkv, group, lq, mask.shape[-1])
-        mask = mask.reshape(b, hkv, group * lq, mask.shape[-1])
-    elif causal and lq > 1:
-        n = key.shape[2]
-        mask = torch.ones(lq, n, dtype=torch.bool, device=query.device).tril(n - lq)
-        mask = mask.repeat(group, 1)[None, None]
-    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
-    return out.reshape(b, hq, lq, value.shape[-1]).transpose(1, 2).contiguous(), None
-
-
-def build_mask(valid, kpos, qpos, lq: int, window: Optional[int]):
-    """``valid [B, H, N]``, positions ``kpos [B, H, N]``, ``qpos [B, H, Lq]`` -> bool ``[B, H, Lq, N]``."""
-    n = valid.shape[-1]
-    causal = torch.ones(lq, n, dtype=torch.bool, device=valid.device).tril(n - lq)
-    mask = valid[:, :, None, :] & causal
-    if window:
-        mask &= kpos[:, :, None, :] > qpos[..., None] - window
-    # Queries that see nothing (padding positions) attend everywhere: their output is never used,
-    # but a NaN would leak into later layers through masked-but-multiplied values.
-    return mask | ~mask.any(-1, keepdim=True)
+    rows = max(1, min(lq, MASK_ELEMENTS // max(1, b * (hq if per_head else 1) * n)))
+    outs = []
+    for start in range(0, lq, rows):
+        stop = min(lq, start + rows)
+        causal = _lower_right(lq, n, query.device)[start:stop]  # [c, N]
+        mask = valid[:, :, None, :] & causal
+        if window:
+            qpos = positions[:, :, n - lq + start:n - lq + stop]
+            mask = mask & (positions[:, :, None, :] > qpos[..., None] - window)
+        # A query that sees nothing (a padding position) attends everywhere: its output is never used, but a NaN
+        # would leak into later layers through masked-but-multiplied values.
+        mask = mask | ~mask.any(-1, keepdim=True)
+        q = query[:, :, start:stop]
+        if per_head:
+            c = stop - start
+            q = q.reshape(b, hkv, group * c, d)
+            mask = mask[:, :, None].expand(b, hkv, group, c, n).reshape(b, hkv, group * c, n) if c > 1 else mask
+            out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+            outs.append(out.reshape(b, hq, c, value.shape[-1]))
+        else:
+            outs.append(F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling,
+                                                       enable_gqa=group > 1))
+    return _out(outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), None

@@ -94,6 +94,7 @@ class TriAttentionCache(Cache):
         self.pruned_layouts = [layout for layout in self.layouts if layout.budget is not None]
         # Rounds fire when the smallest-budget layout is full (every layer grows by the same tokens).
         self.trigger_layout = min(self.pruned_layouts, key=lambda l: (l.budget, l.leader), default=None)
+        self._ref = weakref.ref(self)  # what the attention function finds (set once per forward, at layer 0)
         self._scored = set(self.scored_layers())
         self._round_callbacks: List[Callable[["TriAttentionCache"], None]] = []
         needs_online = self.scorer.needs_statistics and calibration is None
@@ -130,11 +131,11 @@ class TriAttentionCache(Cache):
 
     # -- transformers hooks -------------------------------------------------------------------------------
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        _ACTIVE.cache = weakref.ref(self)
         if layer_idx == 0:
+            _ACTIVE.cache = self._ref
             self._begin_forward(key_states.shape[-2])
         self._unserved.add(layer_idx)
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        return self.layers[layer_idx].update(key_states, value_states)
 
     def get_mask_sizes(self, query_length: int, layer_idx: int):
         self._maybe_round(query_length)  # masks are built before layer 0 runs: compact first so sizes agree

@@ -36,8 +36,11 @@ class SlotTable:
         """Slots ``[start, start + n)`` receive the next ``n`` tokens of every row (all real; padding is fixed by
         :meth:`mark_padding`)."""
         self.valid[:, :, start:start + n] = True
-        steps = torch.arange(n, device=self.pos.device)
-        self.pos[:, :, start:start + n] = (self.next_pos[:, None] + steps)[:, None, :]
+        if n == 1:  # a decode step: no arange
+            self.pos[:, :, start] = self.next_pos[:, None]
+        else:
+            steps = torch.arange(n, device=self.pos.device)
+            self.pos[:, :, start:start + n] = (self.next_pos[:, None] + steps)[:, None, :]
         self.next_pos += n
 
     def mark_padding(self, start: int, new_valid: torch.Tensor) -> None:
@@ -88,6 +91,7 @@ class Layout:
         self.real: List[int] = []  # real tokens held per row
         self.seen: List[int] = []  # real tokens seen per row (= the next RoPE position)
         self.all_valid = True  # no padding or filler slot held (attention may skip the mask)
+        self.uniform_heads = True  # every KV head holds the same slots (padding only, no per-head filler yet)
         self.last = (0, 0)  # (first slot, count) of the latest append
         self.step = 0  # appends so far
         self.padding_step = -1  # the step whose padding the host counters reflect
@@ -121,6 +125,8 @@ class Layout:
     def table(self, batch: int, heads: int, device: torch.device) -> SlotTable:
         """This device's table, grown to the layout's capacity and holding the latest append."""
         table = self.tables.get(device)
+        if table is not None and table.step == self.step and table.capacity >= self.capacity:
+            return table  # this step's append is recorded already (every member but the first per device)
         if table is None:
             table = self.tables[device] = SlotTable(batch, heads, self.capacity, device)
             if self.length > self.last[1]:  # a device joining late (never in practice): copy what others hold

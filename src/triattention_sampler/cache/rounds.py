@@ -134,6 +134,7 @@ def apply_selection(cache, layout: Layout, idx: torch.Tensor, keep_valid: torch.
         layout.tables[device].gather(idx_d, keep_valid.to(device), n)
     layout.length, layout.real = out_len, list(keep)
     layout.all_valid = all(k == out_len for k in keep)
+    layout.uniform_heads = layout.uniform_heads and layout.all_valid  # filler slots differ per KV head
     target = layout.capacity_target
     if target is not None and layout.capacity > target and out_len < target:
         layout.capacity = target
