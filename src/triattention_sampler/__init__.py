@@ -8,6 +8,7 @@ from .calibration import CalibrationStats
 from .calibration.procedure import calibrate
 from .config import TriAttentionConfig, preset
 from .errors import CacheMisuseError, CalibrationMismatchError, UnsupportedModelError
+from .flag import configure
 from .generate import build_cache, generate
 from .kernel_loading import load_ops
 from .model_info import describe_model
@@ -28,6 +29,7 @@ __all__ = [
     "UnsupportedModelError",
     "build_cache",
     "calibrate",
+    "configure",
     "describe_model",
     "generate",
     "load_ops",

@@ -65,6 +65,19 @@ def load_model(model_id: Optional[str] = None, *, gguf_file: Optional[str] = Non
     return model, tokenizer, name
 
 
+def load_tokenizer(model_id: Optional[str] = None, *, gguf_file: Optional[str] = None):
+    """The tokenizer alone (default: SmolLM2's, from the GGUF), padding on the left."""
+    from transformers import AutoTokenizer
+
+    if model_id is None:
+        model_id, gguf_file = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(model_id, **({"gguf_file": gguf_file} if gguf_file else {}))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def load_smollm2(dtype: torch.dtype = torch.float32, device: str = "cpu", attn_implementation: str = "triattention"):
     """(model, tokenizer) of SmolLM2-135M-Instruct, the default real model."""
     model, tokenizer, _ = load_model(None, dtype=dtype, device=device, attn_implementation=attn_implementation)

@@ -5,7 +5,7 @@ import contextlib
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .function import NAME, triattention_attention, triattention_mask
+from .function import NAME, set_mask_hook, triattention_attention, triattention_mask
 
 
 def register() -> None:
@@ -28,4 +28,4 @@ def use_triattention_attention(model):
             model.set_attn_implementation(previous)
 
 
-__all__ = ["NAME", "register", "triattention_attention", "triattention_mask", "use_triattention_attention"]
+__all__ = ["NAME", "register", "set_mask_hook", "triattention_attention", "triattention_mask", "use_triattention_attention"]

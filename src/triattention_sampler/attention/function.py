@@ -21,6 +21,13 @@ from .sdpa import causal_attention, masked_attention
 NAME = "triattention"
 OBSERVE_TOKENS = 2048  # queries inverted and accumulated at once (bounds the float64 working set of a prefill)
 _MASKS = threading.local()
+_MASK_HOOK = None  # run at every forward before any layer (set by ``triattention_sampler.flag``)
+
+
+def set_mask_hook(fn) -> None:
+    """Run ``fn()`` from the mask function, i.e. once per forward before any layer stores anything."""
+    global _MASK_HOOK
+    _MASK_HOOK = fn
 
 
 def triattention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
@@ -28,6 +35,8 @@ def triattention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: 
     """Hand the 2-D padding mask through (``None`` when nothing is padded); the attention function masks.
 
     Also notes how many of this step's ``q_length`` tokens are real per row, so the layers need not read it."""
+    if _MASK_HOOK is not None:
+        _MASK_HOOK()
     if attention_mask is None or attention_mask.dim() != 2:
         return attention_mask
     mask = attention_mask.bool()

@@ -90,7 +90,7 @@ class TriAttentionCache(Cache):
         self.calibration = calibration
         self.layouts = self._plan_layouts()
         of_layer = {i: layout for layout in self.layouts for i in layout.layer_ids}
-        super().__init__(layers=[TriAttentionLayer(i, p, of_layer[i]) for i, p in enumerate(model_info.plans)])
+        super().__init__(layers=[TriAttentionLayer(i, p, of_layer[i], self) for i, p in enumerate(model_info.plans)])
         self.pruned_layouts = [layout for layout in self.layouts if layout.budget is not None]
         # Rounds fire when the smallest-budget layout is full (every layer grows by the same tokens).
         self.trigger_layout = min(self.pruned_layouts, key=lambda l: (l.budget, l.leader), default=None)
@@ -130,16 +130,22 @@ class TriAttentionCache(Cache):
         self._round_callbacks.append(fn)
 
     # -- transformers hooks -------------------------------------------------------------------------------
+    # The per-forward hooks (round trigger, active cache, misuse checks) live in the layers, so a transformers cache
+    # whose layers are ours (see ``adopt``) behaves exactly like this one.
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        if layer_idx == 0:
-            _ACTIVE.cache = self._ref
-            self._begin_forward(key_states.shape[-2])
-        self._unserved.add(layer_idx)
+        if layer_idx >= len(self.layers):
+            raise CacheMisuseError(
+                f"this TriAttentionCache was built for a model with {len(self.layers)} layers but received layer "
+                f"{layer_idx}: build one cache per model, e.g. TriAttentionCache(model, ...) with the model you run")
         return self.layers[layer_idx].update(key_states, value_states)
 
-    def get_mask_sizes(self, query_length: int, layer_idx: int):
-        self._maybe_round(query_length)  # masks are built before layer 0 runs: compact first so sizes agree
-        return super().get_mask_sizes(query_length, layer_idx)
+    def adopt(self, cache: Cache) -> None:
+        """Make ``cache`` (an empty transformers cache, e.g. the DynamicCache ``generate`` creates) store through this
+        cache's layers: with ``attn_implementation="triattention"`` alone, plain ``model.generate`` then compresses."""
+        if cache.get_seq_length() != 0:
+            raise CacheMisuseError("only an empty cache can be adopted (it already holds tokens)")
+        cache.layers[:] = self.layers
+        cache.layer_class_to_replicate = None  # a lazily grown cache: the layers are all here now
 
     @property
     def _is_user_defined(self) -> bool:
@@ -162,9 +168,9 @@ class TriAttentionCache(Cache):
         self._continuing = True
         return self
 
-    def reset(self) -> None:
-        """Empty the cache for a new sequence (settings and offline calibration are kept)."""
-        super().reset()
+    def _reset_shared(self) -> None:
+        """What all layers share, emptied for a new sequence (layer 0's ``reset`` calls it; settings and offline
+        calibration are kept)."""
         for layout in self.layouts:
             layout.reset()
         if self.online is not None:
@@ -176,10 +182,8 @@ class TriAttentionCache(Cache):
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("a TriAttention cache cannot be cropped: evicted tokens cannot be restored")
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
+    def _select_rows(self, indices: torch.Tensor) -> None:
+        """Keep batch rows ``indices`` in every layer and layout (beam search reorders; layer 0's hooks call it)."""
         host = [int(i) for i in indices.tolist()]
         for layer in self.layers:
             layer.select_rows(indices)
@@ -190,10 +194,6 @@ class TriAttentionCache(Cache):
         if self.prompt_lengths is not None:
             self.prompt_lengths = [self.prompt_lengths[i] for i in host]
         self._stats.clear()
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        rows = torch.arange(len(self.layouts[0].real)).repeat_interleave(repeats)
-        self.batch_select_indices(rows)
 
     # -- the attention function's side ---------------------------------------------------------------------
     def serve(self, module, layer_idx: int, key: torch.Tensor) -> Optional[TriAttentionLayer]:
@@ -235,6 +235,8 @@ class TriAttentionCache(Cache):
 
     # -- rounds ---------------------------------------------------------------------------------------------
     def _begin_forward(self, n: int) -> None:
+        """Layer 0 is about to store this forward's ``n`` tokens per row."""
+        _ACTIVE.cache = self._ref
         self._maybe_round(n)
         self._previous_step = n
 

@@ -18,9 +18,10 @@ class TriAttentionLayer(CacheLayerMixin):
     is_croppable = False
     is_sliding = False
 
-    def __init__(self, index: int, plan: LayerPlan, layout: Layout):
+    def __init__(self, index: int, plan: LayerPlan, layout: Layout, owner):
         super().__init__()
         self.index, self.plan, self.layout = index, plan, layout
+        self.owner = owner  # the TriAttentionCache: round trigger, statistics, misuse checks
         self.table: Optional[SlotTable] = None
         self.cumulative_length = 0  # logical tokens seen, padding included
 
@@ -54,6 +55,9 @@ class TriAttentionLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         batch, heads, n = key_states.shape[:3]
+        if self.index == 0:
+            self.owner._begin_forward(n)
+        self.owner._unserved.add(self.index)
         layout = self.layout
         if self.index == layout.leader:
             layout.begin_append(batch, n)
@@ -96,6 +100,7 @@ class TriAttentionLayer(CacheLayerMixin):
         return self.cumulative_length
 
     def get_mask_sizes(self, query_length: int):
+        self.owner._maybe_round(query_length)  # masks are built before layer 0 runs: compact first so sizes agree
         return self.length + query_length, self.cumulative_length - self.length
 
     def get_max_length(self) -> int:
@@ -105,6 +110,21 @@ class TriAttentionLayer(CacheLayerMixin):
         self.keys = self.values = self.table = None
         self.is_initialized = False
         self.cumulative_length = 0
+        if self.index == 0:
+            self.owner._reset_shared()
+
+    # Row selection moves every layer and the shared layouts at once: transformers calls these per layer.
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.index == 0:
+            self.owner._select_rows(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.reorder_cache(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.index == 0:
+            rows = len(self.layout.real) or (self.keys.shape[0] if self.keys is not None else 0)
+            self.owner._select_rows(torch.arange(rows).repeat_interleave(repeats))
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("a TriAttention cache cannot be cropped: evicted tokens cannot be restored")
