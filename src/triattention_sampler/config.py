@@ -36,6 +36,9 @@ class TriAttentionConfig:
         prefill_chunk: feed prompts longer than this in chunks of this many tokens, compacting between chunks,
             so reading a prompt holds at most ``budget + max(interval, prefill_chunk)`` slots per layer
             (0 = the whole prompt in one forward, compacted once after it).
+        static: fixed-shape buffers (``budget + max(interval, prefill_chunk) + 1`` slots per layer, allocated once)
+            and per-step inputs in device tensors, so ``torch.compile`` / CUDA graphs capture a decode step and
+            rounds run between steps; needs every layer pruned (no sliding-window / NoPE layers).
     """
 
     budget: int = 2048
@@ -47,15 +50,17 @@ class TriAttentionConfig:
     score_layer_stride: int = 1
     layer_budget_slope: float = 0.0
     prefill_chunk: int = 0
+    static: bool = False
 
     def __post_init__(self):
         for name in ("budget", "interval", "score_layer_stride"):
             _check_int(name, getattr(self, name), 1)
         for name in ("sink_tokens", "recent_window", "prefill_chunk"):
             _check_int(name, getattr(self, name), 0)
-        if not isinstance(self.pin_prompt, bool):
-            raise TypeError(f"pin_prompt must be True or False, got {type(self.pin_prompt).__name__} "
-                            f"{self.pin_prompt!r}")
+        for name in ("pin_prompt", "static"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {type(getattr(self, name)).__name__} "
+                                f"{getattr(self, name)!r}")
         if isinstance(self.layer_budget_slope, bool) or not isinstance(self.layer_budget_slope, (int, float)):
             raise TypeError(f"layer_budget_slope must be a number, got {type(self.layer_budget_slope).__name__} "
                             f"{self.layer_budget_slope!r}")
@@ -94,6 +99,15 @@ class TriAttentionConfig:
     def field_names(cls) -> tuple:
         return tuple(f.name for f in fields(cls))
 
+    @classmethod
+    def from_dict(cls, settings) -> "TriAttentionConfig":
+        """A config from a mapping of its fields; an unknown key is refused by name, with the valid ones."""
+        unknown = sorted(str(k) for k in settings if k not in cls.field_names())
+        if unknown:
+            raise TypeError(f"unknown TriAttentionConfig setting{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, unknown))}; the settings are {', '.join(cls.field_names())}")
+        return cls(**settings)
+
 
 PRESETS = {
     # The authors' configuration for the paper runs.
@@ -115,4 +129,4 @@ def preset(name: str, **overrides) -> TriAttentionConfig:
     ``recommended`` and ``quality`` were measured with online statistics: pass no calibration file."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return TriAttentionConfig(**{**PRESETS[name], **overrides})
+    return TriAttentionConfig.from_dict({**PRESETS[name], **overrides})

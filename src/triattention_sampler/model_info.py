@@ -185,8 +185,33 @@ def _model_name(config) -> str:
     return os.path.basename(name.rstrip("/")) if name and os.path.isdir(name) else name
 
 
+def _refuse_non_model(model) -> None:
+    """A config or any other object where the loaded model is needed: refused by what it is (a config of a model
+    without a KV cache to compress is :class:`UnsupportedModelError`, anything else a ``TypeError`` naming the fix)."""
+    if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
+        return
+    from transformers import PretrainedConfig
+
+    if not isinstance(model, PretrainedConfig):
+        raise TypeError(f"expected a loaded transformers model, got {type(model).__name__}: load one with "
+                        "AutoModelForCausalLM.from_pretrained(...)")
+    config = model.get_text_config() if hasattr(model, "get_text_config") else model
+    model_type = str(getattr(config, "model_type", "?"))
+    kinds = set(getattr(config, "layer_types", None) or []) | set(getattr(config, "layers_block_type", None) or [])
+    odd = sorted(kinds - {"full_attention", "attention", *WINDOWED_LAYER_TYPES})
+    if not getattr(config, "num_attention_heads", None) or odd:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} " + (f"has layer types {odd} (recurrent / hybrid layers)" if odd else
+                                             "has no self-attention layers")
+            + ": TriAttention compresses the KV cache of attention (decoder-only, RoPE) models")
+    _check_supported(config)
+    raise TypeError(f"expected the loaded model, got its config ({type(model).__name__}): RoPE is probed from the "
+                    "model's modules; build it with AutoModelForCausalLM.from_config(config) or from_pretrained(...)")
+
+
 def describe_model(model) -> ModelInfo:
     """Shapes, RoPE and the per-layer plan of ``model`` (raises :class:`UnsupportedModelError` with the reason)."""
+    _refuse_non_model(model)
     config = text_config(model)
     _check_model_kind(model)
     if not getattr(config, "num_attention_heads", None) or not getattr(config, "num_hidden_layers", None):

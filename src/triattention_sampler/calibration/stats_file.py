@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "triattention-calibration/1"
 STAT_NAMES = ("q_mean_real", "q_mean_imag", "q_abs_mean", "q_pass_mean")
 MAKE_ONE = "make one with `triattention calibrate` or ts.calibrate(model, tokenizer, text).save(path)"
+AUTHORS_FIX = "re-run the authors' calibrate.py, or " + MAKE_ONE
 
 
 @dataclass
@@ -52,16 +53,36 @@ class CalibrationStats:
         if tuple(self.q_pass_mean.shape[:2]) != shape[:2]:
             raise CalibrationMismatchError(f"{where}: q_pass_mean has shape {tuple(self.q_pass_mean.shape)}, "
                                            f"expected [{shape[0]}, {shape[1]}, D - rotary_dim]")
+        self._check_shapes_against_metadata(where)
         for name in STAT_NAMES:
             if not bool(torch.isfinite(getattr(self, name)).all()):
                 raise CalibrationMismatchError(f"{where}: statistic {name} contains NaN or inf")
         centre = torch.sqrt(self.q_mean_real.double() ** 2 + self.q_mean_imag.double() ** 2)
         if bool((self.q_abs_mean < 0).any()):
             raise CalibrationMismatchError(f"{where}: q_abs_mean has negative entries (min "
-                                           f"{float(self.q_abs_mean.min()):.4g}); a mean modulus cannot be negative")
+                                           f"{float(self.q_abs_mean.min()):.4g}); a mean modulus cannot be negative: "
+                                           f"the file is corrupt, {MAKE_ONE}")
         if bool((centre > self.q_abs_mean.double() * (1 + 1e-4) + 1e-6).any()):
             raise CalibrationMismatchError(f"{where}: |q_mean| exceeds q_abs_mean (a mean's modulus is at most the "
-                                           "mean modulus): the statistics are corrupt")
+                                           f"mean modulus): the statistics are corrupt, {MAKE_ONE}")
+
+    def _check_shapes_against_metadata(self, where: str) -> None:
+        """The tensors must have the shape the file's own metadata describes (checked at load, before any model)."""
+        meta = {k: _as_int(self.metadata.get(k)) for k in ("num_layers", "num_heads", "head_dim", "rotary_dim")}
+        layers, heads, freqs = self.q_mean_real.shape
+        rotary = meta["rotary_dim"] or meta["head_dim"]
+        for key, have in (("num_layers", layers), ("num_heads", heads)):
+            if meta[key] is not None and meta[key] != have:
+                raise CalibrationMismatchError(f"{where}: statistics cover {have} {key[4:]} but the file's metadata "
+                                               f"says {key}={meta[key]}: the file is corrupt, {MAKE_ONE}")
+        if rotary is not None and rotary // 2 != freqs:
+            raise CalibrationMismatchError(f"{where}: statistics have {freqs} frequencies but the file's metadata "
+                                           f"says rotary_dim={rotary} ({rotary // 2}): the file is corrupt, {MAKE_ONE}")
+        width = self.q_pass_mean.shape[-1]
+        if meta["head_dim"] is not None and rotary is not None and width not in (0, meta["head_dim"] - rotary):
+            raise CalibrationMismatchError(
+                f"{where}: q_pass_mean has width {width} but the file's metadata says head_dim {meta['head_dim']} - "
+                f"rotary_dim {rotary} = {meta['head_dim'] - rotary} unrotated dims: the file is corrupt, {MAKE_ONE}")
 
     def layer(self, idx: int) -> Dict[str, Optional[torch.Tensor]]:
         out = {name: getattr(self, name)[idx] for name in STAT_NAMES}
@@ -75,7 +96,14 @@ class CalibrationStats:
 
     # -- validation -----------------------------------------------------------------------------------------
     def validate(self, info: ModelInfo, *, allow_other_model: bool = False) -> None:
-        """Raise :class:`CalibrationMismatchError` naming the first fact that differs from the model."""
+        """Raise :class:`CalibrationMismatchError` naming the first fact that differs from the model (and the fix)."""
+        try:
+            self._validate(info, allow_other_model)
+        except CalibrationMismatchError as err:
+            raise CalibrationMismatchError(f"{err}; calibrate this model instead (`triattention calibrate`, or "
+                                           "ts.calibrate(model, tokenizer, text).save(path))") from None
+
+    def _validate(self, info: ModelInfo, allow_other_model: bool) -> None:
         meta, rope = {k: _maybe_json(v) if k in ("omega", "pruned_layers", "rope_params") else v
                       for k, v in self.metadata.items()}, info.rope
         where = meta.get("path") or "calibration file"
@@ -121,7 +149,9 @@ class CalibrationStats:
                     raise CalibrationMismatchError(f"{where} was made with RoPE setting {key}={a!r}, the model uses "
                                                    f"{key}={b!r}")
         omega = meta.get("omega")
-        if omega:  # a coarse guard for files without config facts (bf16 rounding is ~4e-3 relative)
+        config_facts = theta not in (None, "", 0, 0.0) and bool(rope.theta)
+        if omega and not config_facts:  # a coarse guard for files without config facts: a half-precision model
+            # probes frequencies rounded to its dtype (bf16 ~4e-3 relative, fp16 subnormals more)
             have = torch.tensor(omega, dtype=torch.float64)
             want = rope.omega.double()
             if have.shape != want.shape or not torch.allclose(have, want, rtol=1e-2, atol=1e-7):
@@ -155,7 +185,7 @@ class CalibrationStats:
         if os.path.isdir(path):
             raise CalibrationMismatchError(f"{path} is a directory, not a calibration file; {MAKE_ONE}")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"calibration file not found: {path}")
+            raise FileNotFoundError(f"calibration file not found: {path}; {MAKE_ONE}")
         if os.path.getsize(path) == 0:
             raise CalibrationMismatchError(f"{path} is empty (0 bytes), not a calibration file; {MAKE_ONE}")
         if path.endswith(".pt"):
@@ -191,21 +221,24 @@ class CalibrationStats:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - pickle/zip errors of every kind: the file is unreadable
-            raise CalibrationMismatchError(f"{path} is not a readable torch file ({type(err).__name__}: "
-                                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
+            # torch's own text (e.g. "re-run with weights_only=False") would be the wrong advice for a stats file
+            raise CalibrationMismatchError(f"{path} is not a readable torch file ({type(err).__name__}): truncated "
+                                           f"or not an authors' stats file; {AUTHORS_FIX}") from None
         if not isinstance(payload, dict) or "stats" not in payload or "metadata" not in payload:
-            raise CalibrationMismatchError(f"{path} is not an authors' TriAttention stats file (no metadata/stats)")
+            raise CalibrationMismatchError(f"{path} is not an authors' TriAttention stats file (no metadata/stats); "
+                                           f"{AUTHORS_FIX}")
         meta, stats = payload["metadata"], payload["stats"]
         if not isinstance(stats, dict) or not stats:
-            raise CalibrationMismatchError(f"{path} holds no statistics (empty 'stats')")
-        if "head_dim" not in meta:
-            raise CalibrationMismatchError(f"{path}: metadata has no head_dim")
+            raise CalibrationMismatchError(f"{path} holds no statistics (empty 'stats'); {AUTHORS_FIX}")
+        if not isinstance(meta, dict) or "head_dim" not in meta:
+            raise CalibrationMismatchError(f"{path}: metadata has no head_dim; {AUTHORS_FIX}")
         try:
             heads = [tuple(map(int, pair)) for pair in meta.get("sampled_heads", [])] or [
                 tuple(int(part[5:]) if part.startswith("layer") else int(part[4:]) for part in key.split("_"))
                 for key in stats]
         except (ValueError, TypeError):
-            raise CalibrationMismatchError(f"{path}: statistics keys must look like 'layer00_head00'") from None
+            raise CalibrationMismatchError(f"{path}: statistics keys must look like 'layer00_head00'; "
+                                           f"{AUTHORS_FIX}") from None
         num_layers = int(meta.get("num_layers", max(l for l, _ in heads) + 1))
         num_heads = int(meta.get("num_attention_heads", max(h for _, h in heads) + 1))
         head_dim = int(meta["head_dim"])
@@ -215,7 +248,7 @@ class CalibrationStats:
             entry = stats.get(f"layer{layer:02d}_head{head:02d}")
             if not isinstance(entry, dict) or any(name not in entry for name in STAT_NAMES[:3]):
                 raise CalibrationMismatchError(f"{path}: sampled head ({layer}, {head}) has no statistics "
-                                               f"({', '.join(STAT_NAMES[:3])})")
+                                               f"({', '.join(STAT_NAMES[:3])}); {AUTHORS_FIX}")
             for name in STAT_NAMES[:3]:
                 value = torch.as_tensor(entry[name]).float().reshape(-1)
                 if value.numel() != freq:
@@ -236,6 +269,14 @@ class CalibrationStats:
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _as_int(value) -> Optional[int]:
+    """An integer metadata fact, or None where the file leaves it out ("" in the authors' files)."""
+    try:
+        return int(value) if value not in (None, "") and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _maybe_json(value: str):
