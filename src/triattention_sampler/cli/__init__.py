@@ -36,13 +36,30 @@ def _check_numbers(args):
                 raise CLIError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
+def _check_device(args):
+    """A device this machine lacks is refused before any file is read or model loaded."""
+    if getattr(args, "device", None):
+        from ..models import check_device
+
+        try:
+            check_device(args.device)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+
+
 def main(argv=None):
+    from ..errors import CalibrationMismatchError, UnsupportedModelError
+
     args = build_parser().parse_args(argv)
     try:
         _check_numbers(args)
+        _check_device(args)
         args.func(args)
-    except CLIError as err:
-        print(f"triattention {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, CalibrationMismatchError, UnsupportedModelError) as err:
+        # the sampler's own refusals (a file made for another model, a model it cannot compress) are usage errors
+        # found once the model is loaded: one line too
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"triattention {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import tempfile
 
 
 class CLIError(Exception):
@@ -22,10 +23,14 @@ def check_writable(path: str, what: str) -> None:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         raise CLIError(f"cannot create {what} folder {folder}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise CLIError(f"{what} folder {folder} is not writable")
     if os.path.isdir(path) and os.path.splitext(path)[1]:
         raise CLIError(f"{what} {path} is a directory")
+    try:  # a real write: os.access says yes to root on read-only mounts and in /proc
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".triattention-write-test-"):
+            pass
+    except OSError as err:
+        raise CLIError(f"{what} folder {folder} is not writable ({err.strerror or err}): choose another "
+                       "path") from None
 
 
 def int_list(text: str, flag: str) -> list:

@@ -9,14 +9,15 @@ DEFAULT_METHODS = ["triattention-recommended", "triattention", "triattention-onl
                    "tri-no-trig", "tri-no-norm", "tri-no-mlr", "tri-linear"]
 
 
-def default_calibration(args, model, tok):
-    """Offline calibration for the eval: --calibration, or Milton calibrated once and cached."""
+def default_calibration(args, model, tok, given=None):
+    """Offline calibration for the eval: --calibration (``given``: read before the model loads), or Milton
+    calibrated once and cached."""
     from ..calibration import CalibrationStats
     from ..calibration.procedure import calibrate
     from ..evaluation.data import CACHE_DIR, CALIBRATION_CORPUS, load_text
 
     if args.calibration:
-        return load_calibration(args.calibration), args.calibration
+        return given if given is not None else load_calibration(args.calibration), args.calibration
     if args.model:
         tag = args.model.replace("/", "_") + (("_" + args.gguf_file) if args.gguf_file else "")
     else:
@@ -46,9 +47,10 @@ def run_needle(args, methods, budgets):
         raise CLIError(f"--depths must be comma-separated fractions, got {args.depths!r}") from None
     if any(not 0 <= d <= 1 for d in depths):
         raise CLIError("--depths must be fractions in [0, 1]")
+    given = load_calibration(args.calibration)  # a bad file is reported before the model loads
     set_threads(args)
     model, tok, name = load_model(args)
-    calibration, calib_path = default_calibration(args, model, tok)
+    calibration, calib_path = default_calibration(args, model, tok, given)
     info = describe_model(model)
     text_ids = tok(text, add_special_tokens=False)["input_ids"]
 
@@ -94,8 +96,7 @@ def run(args):
         return run_needle(args, methods, budgets)
     if args.text == CALIBRATION_CORPUS and not args.calibration:
         raise CLIError(f"evaluation text {args.text!r} is the calibration corpus: pick another text")
-    if args.calibration:
-        check_file(args.calibration, "calibration file")
+    given = load_calibration(args.calibration)  # a bad file is reported before the text or the model loads
     try:
         text = load_text(args.text)
     except DataUnavailable as err:
@@ -110,7 +111,7 @@ def run(args):
     ids = ids[: args.tokens + 1]
     calibration, calib_path = (None, None)
     if any(takes_file(m, evaluation=True) for m in methods):
-        calibration, calib_path = default_calibration(args, model, tok)
+        calibration, calib_path = default_calibration(args, model, tok, given)
     info = describe_model(model)
     element = next(model.parameters()).element_size()
     rows, per_token = [], {}

@@ -6,6 +6,17 @@ from .common import (CLIError, add_cache_args, add_model_args, check_file, check
                      load_calibration, load_model, set_threads)
 
 
+def check_sampling(args) -> None:
+    """Sampling settings transformers would refuse only after the model has loaded."""
+    for flag, value, ok, want in (
+            ("--temperature", args.temperature, args.temperature > 0, "> 0"),
+            ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
+            ("--top-k", args.top_k, args.top_k >= 0, ">= 0 (0 = off)"),
+            ("--repetition-penalty", args.repetition_penalty, args.repetition_penalty > 0, "> 0 (1.0 = none)")):
+        if not ok:
+            raise CLIError(f"{flag} must be {want}, got {value}")
+
+
 def run(args):
     import torch
     from transformers import TextStreamer
@@ -16,6 +27,7 @@ def run(args):
     settings = config_settings(args)
     budget, interval = settings.pop("budget", args.budget), settings.pop("interval", args.interval)
     check_methods([args.method], budget, interval, **settings)
+    check_sampling(args)
     if args.prompt_file:
         check_file(args.prompt_file, "prompt file")
         with open(args.prompt_file) as f:
