@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Optional, Union
 
+import torch
 from transformers.cache_utils import Cache
 
 from .attention import NAME, register, set_mask_hook
@@ -84,6 +85,7 @@ def _caller_cache_and_model():
     return cache, model
 
 
+@torch.compiler.disable  # reads the caller's frame: never traced
 def adopt_generation_cache() -> None:
     """Called by the triattention mask function at each forward: an empty transformers cache becomes TriAttention's."""
     cache, model = _caller_cache_and_model()

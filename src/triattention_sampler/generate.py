@@ -79,6 +79,8 @@ def generate(model, input_ids, attention_mask: Optional[torch.Tensor] = None, *,
                                                                **settings}), calibration)
     if cache.config.prefill_chunk and "prefill_chunk_size" not in generate_kwargs:
         generate_kwargs["prefill_chunk_size"] = cache.config.prefill_chunk
+    elif cache.static and input_ids.shape[1] > cache.config.budget and "prefill_chunk_size" not in generate_kwargs:
+        generate_kwargs["prefill_chunk_size"] = cache.config.headroom()  # what fits the fixed buffers
     with use_triattention_attention(model):
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
                              **generate_kwargs)

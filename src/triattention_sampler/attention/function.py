@@ -15,8 +15,9 @@ import torch
 from triattention.rope import inverse_rope
 
 from ..cache import active_cache
+from ..cache.static import step_mask
 from ..errors import CacheMisuseError
-from .sdpa import causal_attention, masked_attention
+from .sdpa import causal_attention, masked_attention, per_head_masked_attention
 
 NAME = "triattention"
 OBSERVE_TOKENS = 2048  # queries inverted and accumulated at once (bounds the float64 working set of a prefill)
@@ -35,6 +36,10 @@ def triattention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: 
     """Hand the 2-D padding mask through (``None`` when nothing is padded); the attention function masks.
 
     Also notes how many of this step's ``q_length`` tokens are real per row, so the layers need not read it."""
+    cache = active_cache()
+    if cache is not None and cache.static and cache.mask_pending:  # a fixed-shape step: the cache's own mask
+        cache.mask_pending = False
+        return step_mask(cache, batch_size, q_length, attention_mask)
     if _MASK_HOOK is not None:
         _MASK_HOOK()
     if attention_mask is None or attention_mask.dim() != 2:
@@ -61,6 +66,8 @@ def triattention_attention(module, query, key, value, attention_mask, dropout: f
     window = kwargs.get("sliding_window") or None
     lq, n = query.shape[2], key.shape[2]
     cache = active_cache()
+    if cache is not None and cache.static:
+        return _static_attention(cache, module, query, key, value, scaling)
     layer = cache.serve(module, getattr(module, "layer_idx", None), key) if cache is not None else None
     if layer is None:
         return _plain_attention(query, key, value, attention_mask, scaling, window)
@@ -82,6 +89,21 @@ def triattention_attention(module, query, key, value, attention_mask, dropout: f
         return causal_attention(query, key, value, scaling)
     heads = slice(None) if not layout.uniform_heads else slice(0, 1)
     return masked_attention(query, key, value, scaling, layer.valid[:, heads, :n], layer.pos[:, heads, :n], window)
+
+
+def _static_attention(cache, module, query, key, value, scaling):
+    """A fixed-shape step (traceable: no host values): the layer's whole buffer under its table's mask."""
+    layer = cache.layers[module.layer_idx]
+    lq = query.shape[2]
+    if cache.collecting(layer.index):
+        table = layer.table
+        slots = table.slot_start + torch.arange(lq, device=query.device)
+        rope = layer.plan.rope
+        pos = table.pos[:, 0].index_select(1, slots)
+        q_pre = inverse_rope(query, rope.omega.to(query.device), pos.clamp_min(0)[:, None, :], rope.scale,
+                             style=rope.style, rotary_dim=rope.rotary_dim)
+        cache.online.observe(layer.index, q_pre, table.valid[:, 0].index_select(1, slots).float())
+    return per_head_masked_attention(query, key, value, scaling, layer.table.masks[lq])
 
 
 def _observe(cache, layer, query, start: int) -> None:

@@ -74,3 +74,16 @@ def masked_attention(query, key, value, scaling: Optional[float], valid: torch.T
             outs.append(F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling,
                                                        enable_gqa=group > 1))
     return _out(outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), None
+
+
+def per_head_masked_attention(query, key, value, scaling: Optional[float], mask: torch.Tensor):
+    """Attention with a ready ``mask [B, Hkv, Lq, N]`` bool (one per KV head): the query heads of a group are folded
+    into the query axis, so K/V are not repeated (a static step: fixed shapes, no host values)."""
+    b, hq, lq, d = query.shape
+    hkv, n = key.shape[1], key.shape[2]
+    group = hq // hkv
+    q = query.reshape(b, hkv, group * lq, d)
+    if lq > 1:
+        mask = mask[:, :, None].expand(b, hkv, group, lq, n).reshape(b, hkv, group * lq, n)
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return _out(out.reshape(b, hq, lq, value.shape[-1])), None

@@ -19,6 +19,7 @@ from ..scorers.triattention import TriAttentionScorer
 from .layer import TriAttentionLayer
 from .layout import Layout
 from .rounds import run_round
+from .static import StaticTriAttentionLayer
 from .statistics import OnlineStatistics, QueryWindow
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,17 @@ def active_cache() -> Optional["TriAttentionCache"]:
 def scored_layer_ids(pruned: List[int], stride: int) -> List[int]:
     """Every ``stride``-th of the pruned layers, from ``stride // 2`` (at least the first)."""
     return list(pruned[stride // 2::stride]) or list(pruned[:1])
+
+
+def _check_static(config: TriAttentionConfig, info: ModelInfo, model) -> None:
+    if model is None:
+        raise ValueError("static=True needs the model (its devices and dtype size the buffers)")
+    if info.unpruned_reasons:
+        raise ValueError(f"static=True needs every layer pruned; these are kept whole: {info.unpruned_reasons} "
+                         "(use static=False for this model)")
+    if config.budget >= 1 << 20:
+        raise ValueError(f"static=True allocates budget + headroom slots per layer; budget {config.budget} is too "
+                         "large for a fixed buffer")
 
 
 class TriAttentionCache(Cache):
@@ -88,9 +100,13 @@ class TriAttentionCache(Cache):
         if calibration is not None:
             calibration.validate(model_info)
         self.calibration = calibration
+        self.static = config.static
+        if self.static:
+            _check_static(config, model_info, model)
         self.layouts = self._plan_layouts()
         of_layer = {i: layout for layout in self.layouts for i in layout.layer_ids}
-        super().__init__(layers=[TriAttentionLayer(i, p, of_layer[i], self) for i, p in enumerate(model_info.plans)])
+        layer_class = StaticTriAttentionLayer if self.static else TriAttentionLayer
+        super().__init__(layers=[layer_class(i, p, of_layer[i], self) for i, p in enumerate(model_info.plans)])
         self.pruned_layouts = [layout for layout in self.layouts if layout.budget is not None]
         # Rounds fire when the smallest-budget layout is full (every layer grows by the same tokens).
         self.trigger_layout = min(self.pruned_layouts, key=lambda l: (l.budget, l.leader), default=None)
@@ -112,7 +128,12 @@ class TriAttentionCache(Cache):
         else:
             layouts = [Layout(pruned, cfg.budget, target[pruned[0]])] if pruned else []
         kept = [i for i, p in enumerate(self.info.plans) if not p.prunable]
-        return layouts + ([Layout(kept, None, None)] if kept else [])
+        layouts += [Layout(kept, None, None)] if kept else []
+        for layout in layouts:
+            layout.static = self.static
+            if self.static:
+                layout.capacity = layout.capacity_target  # allocated once, at the first forward
+        return layouts
 
     def _reset_state(self) -> None:
         self.rounds = self.tokens_evicted = 0
@@ -124,6 +145,7 @@ class TriAttentionCache(Cache):
         self._unserved: set = set()  # layers updated this forward whose attention did not come through us
         self._stats: Dict[int, Dict[str, torch.Tensor]] = {}
         self._continuing = False
+        self.mask_pending = False  # a static step's mask is still to be built (by the mask function)
 
     def add_round_callback(self, fn: Callable[["TriAttentionCache"], None]) -> None:
         """Call ``fn(cache)`` after every round (progress reports, tests that watch the layers shrink)."""
@@ -210,6 +232,21 @@ class TriAttentionCache(Cache):
                 "module): build one cache per model, e.g. TriAttentionCache(model, ...) with the model you run")
         self._unserved.discard(layer_idx)
         return layer
+
+    def layer_device(self, layer_idx: int) -> torch.device:
+        """Where layer ``layer_idx``'s attention runs (its parameters' device)."""
+        return next(self._modules[layer_idx]().parameters()).device
+
+    def check_static_use(self) -> None:
+        """A static step is about to run on this thread (misuse is refused before anything is written)."""
+        _ACTIVE.cache = self._ref
+        impl = getattr(self._modules[0]().config, "_attn_implementation", None)
+        if impl != "triattention":
+            raise CacheMisuseError(
+                f"a TriAttentionCache was used with attn_implementation={impl!r}: its compaction and padding are "
+                "only handled by the 'triattention' attention function; call model.set_attn_implementation("
+                "'triattention') or use triattention_sampler.generate(...)")
+        self.mask_pending = True
 
     def records_queries(self, layer_idx: int) -> bool:
         return layer_idx in self._scored

@@ -82,11 +82,20 @@ class Layout:
         self.layer_ids = list(layer_ids)
         self.budget = budget
         self.capacity_target = capacity_target
+        self.static = False  # fixed capacity (set by the cache): reset keeps the tables and their addresses
+        self.tables: Dict[torch.device, SlotTable] = {}
+        self.capacity = 0
         self.reset()
 
     def reset(self) -> None:
-        self.tables: Dict[torch.device, SlotTable] = {}
-        self.capacity = 0
+        if self.static:
+            for table in self.tables.values():
+                table.valid.zero_()
+                table.pos.fill_(-1)
+                table.next_pos.zero_()
+        else:
+            self.tables = {}
+            self.capacity = 0
         self.length = 0  # slots in use
         self.real: List[int] = []  # real tokens held per row
         self.seen: List[int] = []  # real tokens seen per row (= the next RoPE position)
@@ -142,6 +151,29 @@ class Layout:
             if self.padding_step == self.step:  # padding was marked on another device first
                 table.mark_padding(self.last[0], self._new_valid)
         return table
+
+    def static_advance(self, n: int) -> None:
+        """Host side of a fixed-capacity step (the layers write on the device, at the table's ``slot_start``);
+        :meth:`count_new` then says how many of the ``n`` tokens are real."""
+        if self.length + n > self.capacity:
+            raise ValueError(
+                f"a static TriAttention cache holds {self.capacity} slots per layer and this forward brings {n} "
+                f"tokens on top of {self.length}: read long prompts in chunks (prefill_chunk, or generate's "
+                f"prefill_chunk_size) of at most {self.capacity - (self.budget or 0) - 1} tokens")
+        self.last, self.step = (self.length, n), self.step + 1
+        self.length += n
+        self.real = [r + n for r in self.real]
+        self.seen = [r + n for r in self.seen]
+
+    def count_new(self, counts: List[int]) -> None:
+        """The latest ``n`` tokens held ``counts`` real ones per row (fewer with left padding)."""
+        n = self.last[1]
+        if not self.real:
+            self.real, self.seen = list(counts), list(counts)
+        elif any(c != n for c in counts):
+            self.real = [r - n + c for r, c in zip(self.real, counts)]
+            self.seen = [r - n + c for r, c in zip(self.seen, counts)]
+        self.all_valid = self.all_valid and all(c == n for c in counts)
 
     def mark_padding(self, new_valid: torch.Tensor, counts: List[int]) -> None:
         """Host side of :meth:`SlotTable.mark_padding`: ``counts`` real tokens per row among the latest append."""
