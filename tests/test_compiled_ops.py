@@ -117,6 +117,8 @@ GENERIC_CASES = {  # b, hkv, g, o, n, d, r, interleaved, key view: "contiguous" 
     "offsets": (2, 2, 4, 3, 300, 128, 128, False, "contiguous"),
     "misaligned_view": (1, 2, 4, 1, 300, 128, 128, False, "offset"),
     "group_9": (1, 1, 9, 1, 300, 64, 64, True, "contiguous"),
+    # G*O weight rows beyond one block's shared memory (CUDA: the query heads split over several launches)
+    "group_16_offsets_17": (1, 2, 16, 17, 100, 128, 128, False, "contiguous"),
 }
 
 
