@@ -94,6 +94,9 @@ FAST_CASES = [  # b, hkv, g, n, d, dtype, interleaved
     (2, 1, 1, 998, 64, torch.bfloat16, True),
     (1, 2, 5, 333, 128, torch.float16, False),
     (1, 2, 2, 3, 64, torch.float32, False),
+    (1, 2, 6, 129, 64, torch.bfloat16, True),  # D 64 with G > 4: 2 sums per lane, G padded to 8
+    (1, 1, 7, 1025, 128, torch.float16, False),  # G 7
+    (3, 1, 2, 5, 128, torch.bfloat16, False),  # fewer sums than lanes (V < L), several rows, tiny N
 ]
 
 
@@ -114,6 +117,8 @@ GENERIC_CASES = {  # b, hkv, g, o, n, d, r, interleaved, key view: "contiguous" 
     "offsets": (2, 2, 4, 3, 300, 128, 128, False, "contiguous"),
     "misaligned_view": (1, 2, 4, 1, 300, 128, 128, False, "offset"),
     "group_9": (1, 1, 9, 1, 300, 64, 64, True, "contiguous"),
+    # G*O weight rows beyond one block's shared memory (CUDA: the query heads split over several launches)
+    "group_16_offsets_17": (1, 2, 16, 17, 100, 128, 128, False, "contiguous"),
 }
 
 
@@ -279,6 +284,18 @@ def test_compact_bit_exact(device_ops, device, reference_ops, k):
     b, h, c = 2, 3, 50
     buffers, caches = _make_caches(b, h, c, gen)
     _check_compact(device_ops, device, reference_ops, buffers, caches, _sorted_indices(b, h, c, k, gen))
+
+
+def test_compact_odd_widths(device_ops, device, reference_ops):
+    """Rows whose bytes allow only 2- or 4-byte vectors and are no multiple of a column slice (CUDA: the last
+    slice of a row is narrower), several tiles of rows per slice, identity rows."""
+    gen = torch.Generator().manual_seed(3)
+    b, h, c, k = 2, 2, 700, 600
+    layout = ((torch.float16, 63), (torch.float32, 5), (torch.bfloat16, 34))
+    buffers, caches = _make_caches(b, h, c, gen, layout)
+    idx = _sorted_indices(b, h, c, k, gen)
+    idx[1, 0] = torch.arange(k)
+    _check_compact(device_ops, device, reference_ops, buffers, caches, idx)
 
 
 def test_compact_budget_shape(device_ops, device, reference_ops):

@@ -209,8 +209,9 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------------------
 // Generic path (any D, O, rotary_dim, pairing, alignment). One block per (tile of kTileKeys keys, b, kv head).
 // Keys are read once and staged as fp32 rows x[j][0..D) in shared memory, followed by their R/2 pair norms
-// x[j][D..D+R/2). The block's G*O augmented weight rows [W[h,o,:], c[h,:]] sit in shared memory too, so
-// out[h][j] = max_o <x_j, w[h,o]>: the norm term does not depend on o.
+// x[j][D..D+R/2). The block's Gs*O augmented weight rows [W[h,o,:], c[h,:]] sit in shared memory too, so
+// out[h][j] = max_o <x_j, w[h,o]>: the norm term does not depend on o. A launch scores the query heads
+// h0 .. h0+Gs-1 of every kv head; the host splits G into several launches when G*O rows overflow shared memory.
 
 constexpr int kTileKeys = 64;
 
@@ -220,20 +221,20 @@ __global__ void __launch_bounds__(kThreads)
                               const scalar_t* __restrict__ keys,  // [B, Hkv, N, D], strided
                               const float* __restrict__ trig,     // [B, Hq, O, D]
                               const float* __restrict__ norm_w,   // [B, Hq, R/2]
-                              int64_t Hkv, int64_t N, int D, int G, int O, int half, bool interleaved,
-                              int64_t ks_b, int64_t ks_h, int64_t ks_n) {
+                              int64_t Hkv, int64_t N, int D, int G, int h0, int Gs, int O, int half,
+                              bool interleaved, int64_t ks_b, int64_t ks_h, int64_t ks_n) {
   extern __shared__ float smem[];
   const int F = D + half;
   const int ld = F + 1;  // odd row pitch for even F: consecutive keys hit different banks
-  float* w = smem;              // [G*O][F]
-  float* x = smem + G * O * F;  // [kTileKeys][ld]
+  float* w = smem;               // [Gs*O][F]
+  float* x = smem + Gs * O * F;  // [kTileKeys][ld]
   const int64_t b = blockIdx.y / Hkv, g = blockIdx.y % Hkv, Hq = Hkv * G;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileKeys;
   const int nt = static_cast<int>(min64(kTileKeys, N - n0));
 
-  for (int i = threadIdx.x; i < G * O * F; i += blockDim.x) {
+  for (int i = threadIdx.x; i < Gs * O * F; i += blockDim.x) {
     const int r = i / F, f = i % F;
-    const int64_t h = g * G + r / O, o = r % O;
+    const int64_t h = g * G + h0 + r / O, o = r % O;
     w[i] = f < D ? trig[((b * Hq + h) * O + o) * D + f] : norm_w[(b * Hq + h) * half + (f - D)];
   }
   const scalar_t* kbase = keys + b * ks_b + g * ks_h + n0 * ks_n;
@@ -254,7 +255,7 @@ __global__ void __launch_bounds__(kThreads)
   const int j = threadIdx.x % kTileKeys;
   if (j >= nt) return;
   const float* xj = x + j * ld;
-  for (int hh = threadIdx.x / kTileKeys; hh < G; hh += slices) {
+  for (int hh = threadIdx.x / kTileKeys; hh < Gs; hh += slices) {
     float best = -INFINITY;
     for (int o = 0; o < O; ++o) {
       const float* wr = w + (hh * O + o) * F;
@@ -262,7 +263,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int f = 0; f < F; ++f) acc = tmath::dot_acc(acc, xj[f], wr[f]);
       best = o == 0 ? acc : tmath::offset_max(best, acc);
     }
-    out[(b * Hq + g * G + hh) * N + n0 + j] = best;
+    out[(b * Hq + g * G + h0 + hh) * N + n0 + j] = best;
   }
 }
 
@@ -352,21 +353,29 @@ void score_keys(at::Tensor& out, at::Tensor const& keys, at::Tensor const& trig_
   }
 
   const int64_t half = rotary_dim / 2, F = D + half;
-  const size_t smem = sizeof(float) * (G * O * F + kTileKeys * (F + 1));
+  const int64_t key_bytes = sizeof(float) * kTileKeys * (F + 1), head_bytes = sizeof(float) * O * F;
   int max_smem = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device.index()));
-  TORCH_CHECK(smem <= static_cast<size_t>(max_smem), "score_keys needs ", smem,
-              " bytes of shared memory (G*O=", G * O, ", D=", D, "), device allows ", max_smem);
+  TORCH_CHECK(key_bytes + head_bytes <= max_smem, "score_keys needs ", key_bytes + head_bytes,
+              " bytes of shared memory for one query head (O=", O, ", D=", D, "), device allows ", max_smem);
+  // Query heads per launch: as many as fit, spread evenly over the fewest launches (keys are re-read per launch).
+  const int64_t fit = std::min<int64_t>(G, (max_smem - key_bytes) / head_bytes);
+  const int64_t launches = (G + fit - 1) / fit, per_launch = (G + launches - 1) / launches;
+  const int64_t smem = key_bytes + per_launch * head_bytes;
   const dim3 grid((N + kTileKeys - 1) / kTileKeys, B * Hkv);
   auto launch = [&](auto tag) {
     using scalar_t = decltype(tag);
     auto kernel = score_keys_generic_kernel<scalar_t>;
     if (smem > 48 * 1024)
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    kernel<<<grid, kThreads, smem, stream>>>(out.data_ptr<float>(), keys.data_ptr<scalar_t>(),
-                                             trig_weights.data_ptr<float>(), norm_weights.data_ptr<float>(), Hkv,
-                                             N, (int)D, (int)G, (int)O, (int)half, interleaved, keys.stride(0),
-                                             keys.stride(1), keys.stride(2));
+    for (int64_t h0 = 0; h0 < G; h0 += per_launch) {
+      const int64_t gs = std::min<int64_t>(per_launch, G - h0);
+      kernel<<<grid, kThreads, key_bytes + gs * head_bytes, stream>>>(
+          out.data_ptr<float>(), keys.data_ptr<scalar_t>(), trig_weights.data_ptr<float>(),
+          norm_weights.data_ptr<float>(), Hkv, N, (int)D, (int)G, (int)h0, (int)gs, (int)O, (int)half, interleaved,
+          keys.stride(0), keys.stride(1), keys.stride(2));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   };
   if (kdt == at::kFloat) {
     launch(float{});
