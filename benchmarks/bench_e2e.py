@@ -6,10 +6,13 @@ budget's size (the ceiling for any bounded cache), per batch x prompt length, wi
     python benchmarks/bench_e2e.py --model tiny --dry               # seconds: checks the script itself
 
 Modes: ``full`` = stock ``sdpa`` with transformers' DynamicCache over the whole prompt; ``tri`` = this project
-(``--method``, default triattention-recommended, ``--budget``/``--interval``); ``plain`` = stock ``sdpa`` over the last
-``budget`` prompt tokens (after its first round TriAttention holds the same number, growing alike); ``static`` = TriAttention
-with the fixed-shape compiled cache; ``hf-static`` = transformers' static cache compiled (no compression). Decode
-tokens/s excludes the first decode step (it carries the round that compacts a long prompt); ``first_step_s`` reports it.
+(``--method``, default triattention-recommended, ``--budget``/``--interval``); ``tri-chunk`` = the same reading the
+prompt in ``--chunk``-token pieces with rounds between them (memory flat in the prompt length); ``plain`` = stock ``sdpa`` over the last
+``budget`` prompt tokens (after its first round TriAttention holds the same number, growing alike); ``static`` =
+TriAttention with ``static=True`` (transformers compiles its decode step on CUDA); ``hf-static`` = transformers' static
+cache over the last ``budget`` prompt tokens, compiled (no compression: the speed ceiling). Decode tokens/s excludes
+the first decode step (it carries the round that compacts a long prompt, and any compilation); the ratios use the
+median step.
 """
 import argparse
 import json
@@ -85,22 +88,16 @@ def run_once(model, mode, ids, args, device):
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     summary = None
-    if mode in ("tri", "static"):
-        settings = dict(interval=args.interval)
-        if args.prefill_chunk:
-            settings["prefill_chunk"] = args.prefill_chunk
-        cache = ts.build_cache(model, args.method, args.budget, **settings, **({"static": True} if mode == "static"
-                                                                               else {}))
-        if cache.config.prefill_chunk:
-            kw["prefill_chunk_size"] = cache.config.prefill_chunk
-        with ts.use_triattention_attention(model):
-            out = model.generate(input_ids=ids, past_key_values=cache, **kw)
+    if mode in ("tri", "tri-chunk", "static"):
+        chunk = args.chunk if mode == "tri-chunk" else args.prefill_chunk
+        settings = dict(budget=args.budget, interval=args.interval, prefill_chunk=chunk, static=mode == "static")
+        out, cache = ts.generate(model, ids, method=args.method, return_cache=True, **settings, **kw)
         s = cache.summary()
         summary = {k: s[k] for k in ("logical_length", "physical_length_pruned_layers", "rounds", "compact_seconds",
                                      "kv_bytes_allocated")}
     else:
         model.set_attn_implementation("sdpa")
-        if mode == "plain":
+        if mode in ("plain", "hf-static"):
             ids = ids[:, -args.budget:]
         if mode == "hf-static":
             kw["cache_implementation"] = "static"
@@ -123,17 +120,18 @@ def ratios(rows):
     """TriAttention relative to the full cache (prefill, memory) and to the plain cache of its size (decode)."""
     by = {r["mode"]: r for r in rows if "error" not in r}
     out = {}
-    tri = by.get("tri") or by.get("static")
+    tri = by.get("tri") or by.get("tri-chunk") or by.get("static")
+    if "tri-chunk" in by and "full" in by and "peak_gib" in by["tri-chunk"]:
+        out["chunked_peak_vs_full"] = round(by["tri-chunk"]["peak_gib"] / by["full"]["peak_gib"], 3)
     if tri and "full" in by:
         out["prefill_vs_full"] = round(tri["prefill_s"] / by["full"]["prefill_s"], 3)
         if "peak_gib" in tri:
             out["peak_vs_full"] = round(tri["peak_gib"] / by["full"]["peak_gib"], 3)
         out["kv_bytes_vs_full"] = round(tri["kv_bytes"] / max(1, by["full"]["kv_bytes"]), 4)
-    for mode in ("tri", "static"):
-        if mode in by and "plain" in by and by["plain"]["decode_tok_s"]:
-            out[f"{mode}_decode_vs_plain"] = round(by[mode]["decode_tok_s"] / by["plain"]["decode_tok_s"], 3)
-        if mode in by and "hf-static" in by and by["hf-static"]["decode_tok_s"]:
-            out[f"{mode}_decode_vs_hf_static"] = round(by[mode]["decode_tok_s"] / by["hf-static"]["decode_tok_s"], 3)
+    for mode in ("tri", "static"):  # decode speed from the median step (compile and graph capture excluded)
+        for ref in ("plain", "hf-static", "full"):
+            if mode in by and ref in by and by[mode]["step_ms"] and by[ref]["step_ms"]:
+                out[f"{mode}_decode_vs_{ref.replace('-', '_')}"] = round(by[ref]["step_ms"] / by[mode]["step_ms"], 3)
     return out
 
 
@@ -149,7 +147,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=int, default=None, help="default 256 on CPU, 2048 on CUDA")
     ap.add_argument("--interval", type=int, default=None, help="default 64 on CPU, 128 on CUDA")
     ap.add_argument("--method", default="triattention-recommended")
-    ap.add_argument("--prefill-chunk", type=int, default=0)
+    ap.add_argument("--prefill-chunk", type=int, default=0, help="prefill chunk of the tri / static modes")
+    ap.add_argument("--chunk", type=int, default=4096, help="prefill chunk of the tri-chunk mode")
     ap.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved (the median row is kept)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--deadline-s", type=float, default=420.0, help="skip remaining cases after this many seconds")

@@ -77,11 +77,30 @@ def generate(model, input_ids, attention_mask: Optional[torch.Tensor] = None, *,
     else:
         cache = TriAttentionCache(model, TriAttentionConfig(**{**(config or TriAttentionConfig()).to_dict(),
                                                                **settings}), calibration)
-    if cache.config.prefill_chunk and "prefill_chunk_size" not in generate_kwargs:
-        generate_kwargs["prefill_chunk_size"] = cache.config.prefill_chunk
-    elif cache.static and input_ids.shape[1] > cache.config.budget and "prefill_chunk_size" not in generate_kwargs:
-        generate_kwargs["prefill_chunk_size"] = cache.config.headroom()  # what fits the fixed buffers
+    chunk = generate_kwargs.pop("prefill_chunk_size", None) or cache.config.prefill_chunk
+    if cache.static and input_ids.shape[1] > cache.config.budget:
+        chunk = min(chunk or cache.config.headroom(), cache.config.headroom())  # what fits the fixed buffers
+    cache.expected_prompt = (attention_mask.sum(-1).tolist() if attention_mask is not None
+                             else [input_ids.shape[1]] * input_ids.shape[0])
     with use_triattention_attention(model):
+        if chunk and input_ids.shape[1] > chunk:
+            prefill_in_chunks(model, cache, input_ids, attention_mask, chunk)
+            cache.continue_sequence()
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
                              **generate_kwargs)
     return (out, cache) if return_cache else out
+
+
+@torch.no_grad()
+def prefill_in_chunks(model, cache, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], chunk: int):
+    """Read all but the last prompt token in ``chunk``-token forwards, eagerly (rounds between chunks keep each layer
+    within ``budget + max(interval, chunk)``); ``generate`` then continues from the cache with the last token, so
+    only its decode step is ever compiled."""
+    n = input_ids.shape[1] - 1
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # what generate gives left-padded rows
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        model(input_ids=input_ids[:, start:end], attention_mask=attention_mask[:, :end],
+              position_ids=positions[:, start:end], past_key_values=cache, use_cache=True, logits_to_keep=1)

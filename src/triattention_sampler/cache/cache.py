@@ -139,6 +139,7 @@ class TriAttentionCache(Cache):
         self.rounds = self.tokens_evicted = 0
         self.compact_seconds = self.score_seconds = 0.0
         self.prompt_lengths: Optional[List[int]] = None  # real prompt tokens per row, once known
+        self.expected_prompt: Optional[List[int]] = None  # real prompt tokens per row, when the caller says
         self.warned_prompt = False
         self._checked_at = -1
         self._previous_step = 0  # tokens per row of the previous forward
@@ -296,8 +297,12 @@ class TriAttentionCache(Cache):
         if at == self._checked_at:
             return
         self._checked_at = at
-        if self.prompt_lengths is None and (incoming == 1 or self._previous_step == 1):
-            self.prompt_lengths = list(layout.seen)  # the prompt ends where single-token steps begin
+        if self.prompt_lengths is None:
+            if self.expected_prompt is not None:  # told by whoever feeds the prompt (generate)
+                if all(s >= p for s, p in zip(layout.seen, self.expected_prompt)):
+                    self.prompt_lengths = list(self.expected_prompt)
+            elif incoming == 1 or self._previous_step == 1:
+                self.prompt_lengths = list(layout.seen)  # else: the prompt ends where single-token steps begin
         limit = layout.budget + max(self.config.interval, incoming)
         trigger = [r + incoming > limit for r in layout.real]
         if any(trigger):
@@ -323,7 +328,7 @@ class TriAttentionCache(Cache):
         return [layer.length for layer in self.layers]
 
     def logical_length(self) -> int:
-        return self.get_seq_length()
+        return int(self.get_seq_length())
 
     def nbytes(self) -> int:
         """Bytes of K/V buffers allocated across layers."""
@@ -336,7 +341,7 @@ class TriAttentionCache(Cache):
     def summary(self) -> dict:
         pruned = self.info.pruned_layers
         return {
-            "logical_length": self.get_seq_length(),
+            "logical_length": int(self.get_seq_length()),
             "physical_length_pruned_layers": max((self.layers[i].length for i in pruned), default=0),
             "physical_lengths": self.physical_lengths(),
             "pruned_layers": len(pruned),
