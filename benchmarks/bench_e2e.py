@@ -112,6 +112,11 @@ def run_once(model, mode, ids, args, device):
            "total_s": round(total, 3), "kv_bytes": cache_bytes(cache), "cache": summary}
     if device.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
+    if mode in ("static", "hf-static"):  # what torch.compile made of the decode step (so far in this process)
+        from torch._dynamo.utils import counters
+
+        row["dynamo"] = {"graphs": counters["stats"].get("unique_graphs", 0),
+                         "graph_breaks": dict(counters["graph_break"])}
     del out, cache
     return row
 

@@ -85,8 +85,10 @@ def test_explicit_torch_compile_loop_does_not_recompile_across_rounds_and_keeps_
     assert cache.rounds - rounds_then >= 7 and cache.rounds == eager_cache.rounds
     assert graphs() == settled  # no graph added over the last 800 steps and their rounds
     assert [l.keys.data_ptr() for l in cache.layers] == addresses and cache.nbytes() == nbytes
-    assert cache.nbytes() == sum(2 * l.keys[:, :, :1].numel() * l.keys.element_size() * (48 + 16 + 1)
+    capacity = 80  # budget + interval + 1 = 65 slots, rounded up to a multiple of 16 (aligned mask rows)
+    assert cache.nbytes() == sum(2 * l.keys[:, :, :1].numel() * l.keys.element_size() * capacity
                                  for l in cache.layers)
+    assert max(cache.physical_lengths()) <= 48 + 16 + 1
 
 
 def test_transformers_compiled_generate_does_not_recompile_across_rounds():
@@ -109,18 +111,20 @@ def _calibration(model):
         torch.zeros(info.num_layers, info.num_heads, 0)
 
 
-def test_long_prompts_are_read_in_chunks_that_fit_and_misuse_is_refused():
+def test_long_prompts_are_read_eagerly_then_the_cache_freezes_and_misuse_is_refused():
     model = tiny_model("llama")
     ids = torch.randint(3, 128, (1, 300), generator=torch.Generator().manual_seed(10))
-    out, cache = ts.generate(model, ids, budget=64, interval=16, static=True, max_new_tokens=10, do_sample=False,
+    out, cache = ts.generate(model, ids, budget=64, interval=16, static=True, max_new_tokens=40, do_sample=False,
                              return_cache=True)
-    assert out.shape[1] == 310 and max(cache.physical_lengths()) <= 64 + 16 + 1
-    manual = ts.TriAttentionCache(model, budget=64, interval=16, static=True)
-    with ts.use_triattention_attention(model), pytest.raises(ValueError, match="read long prompts in chunks"):
-        model(input_ids=ids, past_key_values=manual, use_cache=True)
+    assert out.shape[1] == 340 and cache.frozen and max(cache.physical_lengths()) <= 64 + 16 + 1
+    assert cache.layers[0].keys.shape[2] == 96  # 81 slots rounded up to a multiple of 16, allocated once
+    reference = ts.generate(model, ids, budget=64, interval=16, max_new_tokens=40, do_sample=False)
+    assert torch.equal(out, reference)
     model.set_attn_implementation("sdpa")
+    misused = ts.TriAttentionCache(model, budget=64, static=True)
+    model(input_ids=ids[:, :8], past_key_values=misused)
     with pytest.raises(ts.CacheMisuseError, match="set_attn_implementation"):
-        model(input_ids=ids[:, :8], past_key_values=ts.TriAttentionCache(model, budget=64, static=True))
+        model(input_ids=ids[:, 8:9], past_key_values=misused)
     with pytest.raises(ValueError, match="every layer pruned"):
         ts.TriAttentionCache(tiny_model("gemma3_text", num_hidden_layers=4, sliding_window=8, head_dim=16,
                                         layer_types=["sliding_attention", "full_attention"] * 2), static=True)

@@ -78,8 +78,6 @@ def generate(model, input_ids, attention_mask: Optional[torch.Tensor] = None, *,
         cache = TriAttentionCache(model, TriAttentionConfig(**{**(config or TriAttentionConfig()).to_dict(),
                                                                **settings}), calibration)
     chunk = generate_kwargs.pop("prefill_chunk_size", None) or cache.config.prefill_chunk
-    if cache.static and input_ids.shape[1] > cache.config.budget:
-        chunk = min(chunk or cache.config.headroom(), cache.config.headroom())  # what fits the fixed buffers
     cache.expected_prompt = (attention_mask.sum(-1).tolist() if attention_mask is not None
                              else [input_ids.shape[1]] * input_ids.shape[0])
     with use_triattention_attention(model):

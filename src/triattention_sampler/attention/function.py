@@ -37,9 +37,9 @@ def triattention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: 
 
     Also notes how many of this step's ``q_length`` tokens are real per row, so the layers need not read it."""
     cache = active_cache()
-    if cache is not None and cache.static and cache.mask_pending:  # a fixed-shape step: the cache's own mask
+    if cache is not None and cache.static and cache.mask_pending:  # a fixed-shape step: the cache's own inputs
         cache.mask_pending = False
-        return step_mask(cache, batch_size, q_length, attention_mask)
+        return step_mask(cache, q_length, attention_mask)
     if _MASK_HOOK is not None:
         _MASK_HOOK()
     if attention_mask is None or attention_mask.dim() != 2:
@@ -66,7 +66,7 @@ def triattention_attention(module, query, key, value, attention_mask, dropout: f
     window = kwargs.get("sliding_window") or None
     lq, n = query.shape[2], key.shape[2]
     cache = active_cache()
-    if cache is not None and cache.static:
+    if cache is not None and cache.static and cache.frozen:
         return _static_attention(cache, module, query, key, value, scaling)
     layer = cache.serve(module, getattr(module, "layer_idx", None), key) if cache is not None else None
     if layer is None:
@@ -103,7 +103,9 @@ def _static_attention(cache, module, query, key, value, scaling):
         q_pre = inverse_rope(query, rope.omega.to(query.device), pos.clamp_min(0)[:, None, :], rope.scale,
                              style=rope.style, rotary_dim=rope.rotary_dim)
         cache.online.observe(layer.index, q_pre, table.valid[:, 0].index_select(1, slots).float())
-    return per_head_masked_attention(query, key, value, scaling, layer.table.masks[lq])
+    # A decode step's mask is the slots' validity, read after update marked the new slot.
+    mask = layer.table.valid[:, :, None, :] if lq == 1 else layer.table.masks[lq]
+    return per_head_masked_attention(query, key, value, scaling, mask)
 
 
 def _observe(cache, layer, query, start: int) -> None:

@@ -110,6 +110,7 @@ class TriAttentionCache(Cache):
         self.pruned_layouts = [layout for layout in self.layouts if layout.budget is not None]
         # Rounds fire when the smallest-budget layout is full (every layer grows by the same tokens).
         self.trigger_layout = min(self.pruned_layouts, key=lambda l: (l.budget, l.leader), default=None)
+        self.seq = None  # static=True: logical length as a device scalar (read in a compiled forward)
         self._ref = weakref.ref(self)  # what the attention function finds (set once per forward, at layer 0)
         self._scored = set(self.scored_layers())
         self._round_callbacks: List[Callable[["TriAttentionCache"], None]] = []
@@ -129,10 +130,9 @@ class TriAttentionCache(Cache):
             layouts = [Layout(pruned, cfg.budget, target[pruned[0]])] if pruned else []
         kept = [i for i, p in enumerate(self.info.plans) if not p.prunable]
         layouts += [Layout(kept, None, None)] if kept else []
-        for layout in layouts:
-            layout.static = self.static
-            if self.static:
-                layout.capacity = layout.capacity_target  # allocated once, at the first forward
+        if self.static:  # fixed buffers: a multiple of 16 slots keeps SDPA's mask rows aligned (no padding copy)
+            for layout in layouts:
+                layout.capacity_target = -(-layout.capacity_target // 16) * 16
         return layouts
 
     def _reset_state(self) -> None:
@@ -147,6 +147,7 @@ class TriAttentionCache(Cache):
         self._stats: Dict[int, Dict[str, torch.Tensor]] = {}
         self._continuing = False
         self.mask_pending = False  # a static step's mask is still to be built (by the mask function)
+        self.frozen = False  # static=True: the layers moved into their fixed buffers (first decode step)
 
     def add_round_callback(self, fn: Callable[["TriAttentionCache"], None]) -> None:
         """Call ``fn(cache)`` after every round (progress reports, tests that watch the layers shrink)."""

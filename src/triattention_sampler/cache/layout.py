@@ -82,20 +82,12 @@ class Layout:
         self.layer_ids = list(layer_ids)
         self.budget = budget
         self.capacity_target = capacity_target
-        self.static = False  # fixed capacity (set by the cache): reset keeps the tables and their addresses
-        self.tables: Dict[torch.device, SlotTable] = {}
-        self.capacity = 0
+        self.static_tables = None  # static=True: the fixed tables, kept across reset (captured graphs use them)
         self.reset()
 
     def reset(self) -> None:
-        if self.static:
-            for table in self.tables.values():
-                table.valid.zero_()
-                table.pos.fill_(-1)
-                table.next_pos.zero_()
-        else:
-            self.tables = {}
-            self.capacity = 0
+        self.tables: Dict[torch.device, SlotTable] = {}
+        self.capacity = 0
         self.length = 0  # slots in use
         self.real: List[int] = []  # real tokens held per row
         self.seen: List[int] = []  # real tokens seen per row (= the next RoPE position)
