@@ -257,3 +257,40 @@ def test_a_cache_for_another_layer_count_is_refused():
     cache = ts.TriAttentionCache(model_info=ts.describe_model(two), budget=16, interval=4)
     with pytest.raises(CacheMisuseError, match=r"2 layers but received layer 2.*TriAttentionCache\(model"):
         greedy(four, prompt(), cache)
+
+
+def test_calibrate_arguments_are_checked_by_name(tiny_llama):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, **{f"w{i}": i for i in range(1, 128)}}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    text = " ".join(f"w{i % 120 + 3}" for i in range(40))
+    with pytest.raises(ValueError, match="chunk_tokens must be an integer >= 2, got 1"):
+        ts.calibrate(tiny_llama, tok, text, chunk_tokens=1, progress=False)
+    with pytest.raises(ValueError, match="max_tokens must be None or an integer >= 2, got 0"):
+        ts.calibrate(tiny_llama, tok, text, max_tokens=0, progress=False)
+    with pytest.raises(TypeError, match=r"text must be the calibration text \(str\), got PosixPath"):
+        ts.calibrate(tiny_llama, tok, pathlib.Path("corpus.txt"), progress=False)
+    with pytest.raises(ValueError, match="calibration text has 0 tokens"):
+        ts.calibrate(tiny_llama, tok, "", progress=False)
+    stats = ts.calibrate(tiny_llama, tok, text, chunk_tokens=16, progress=False)
+    assert stats.token_count == 40 and stats.q_mean_real.shape == (2, 4, 8)
+    ts.TriAttentionCache(tiny_llama, calibration=stats, budget=16)  # what it made fits the model
+
+
+# -- waiting for a fix in cache/ (the lead's files): these flip to passing when it lands ---------------------------
+@pytest.mark.xfail(strict=True, raises=AttributeError, reason="cache/layer.py: layer 0 should check that the "
+                   "previous forward stored every layer (today a round reads a never-filled layer: NoneType.valid)")
+def test_a_cache_for_more_layers_than_the_model_has_is_refused():
+    two, four = tiny_model("llama"), tiny_model("llama", num_hidden_layers=4)
+    cache = ts.TriAttentionCache(model_info=ts.describe_model(four), budget=8, interval=4)
+    with pytest.raises(CacheMisuseError, match="4 layers.*TriAttentionCache\\(model"):
+        greedy(two, prompt(), cache, new=20)
+
+
+@pytest.mark.xfail(strict=True, reason="cache/cache.py: a dict config should go through TriAttentionConfig.from_dict")
+def test_a_dict_config_with_an_unknown_key_names_the_valid_settings(tiny_llama):
+    with pytest.raises(TypeError, match="unknown TriAttentionConfig setting 'budgett'; the settings are budget"):
+        ts.TriAttentionCache(tiny_llama, {"budgett": 64})

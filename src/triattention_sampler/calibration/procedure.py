@@ -26,13 +26,19 @@ def calibrate(model, tokenizer, text: str, *, chunk_tokens: int = 1024, max_toke
     length fits in memory), run through the model, and average the pre-RoPE queries of every pruned layer."""
     from tqdm.auto import tqdm
 
-    if chunk_tokens < 2:
-        raise ValueError(f"chunk_tokens must be >= 2, got {chunk_tokens}")
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 2:
+        raise ValueError(f"chunk_tokens must be an integer >= 2, got {chunk_tokens!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2):
+        raise ValueError(f"max_tokens must be None or an integer >= 2, got {max_tokens!r}")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the calibration text (str), got {type(text).__name__}: read a file with "
+                        "open(path).read()")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if ids.numel() < 2:
-        raise ValueError("calibration text is empty (fewer than 2 tokens)")
+        raise ValueError(f"calibration text has {ids.numel()} tokens, at least 2 are needed (give a longer text; "
+                         "thousands of tokens make good statistics)")
     info = describe_model(model)
     rope = info.rope
     total = QueryFrequencyStats(1, info.num_layers, info.num_heads, info.head_dim, rope.rotary_dim, style=rope.style)
