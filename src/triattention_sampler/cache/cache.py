@@ -76,9 +76,9 @@ class TriAttentionCache(Cache):
                  model_info: Optional[ModelInfo] = None, ops=None, scorer: Optional[Scorer] = None,
                  **config_kwargs):
         if isinstance(config, Mapping):
-            config = TriAttentionConfig(**config)
+            config = TriAttentionConfig.from_dict(config)
         if config is None:
-            config = TriAttentionConfig(**config_kwargs)
+            config = TriAttentionConfig.from_dict(config_kwargs)
         elif not isinstance(config, TriAttentionConfig):
             raise TypeError(f"config must be a TriAttentionConfig or a dict of its fields, got {type(config).__name__}")
         elif config_kwargs:
@@ -148,6 +148,7 @@ class TriAttentionCache(Cache):
         self._continuing = False
         self.mask_pending = False  # a static step's mask is still to be built (by the mask function)
         self.frozen = False  # static=True: the layers moved into their fixed buffers (first decode step)
+        self._covered = False  # every layer has stored tokens (checked once, at the second forward)
 
     def add_round_callback(self, fn: Callable[["TriAttentionCache"], None]) -> None:
         """Call ``fn(cache)`` after every round (progress reports, tests that watch the layers shrink)."""
@@ -276,6 +277,13 @@ class TriAttentionCache(Cache):
     def _begin_forward(self, n: int) -> None:
         """Layer 0 is about to store this forward's ``n`` tokens per row."""
         _ACTIVE.cache = self._ref
+        if not self._covered and self._previous_step:  # the second forward: did the first fill them all?
+            stored = sum(layer.is_initialized for layer in self.layers)
+            if stored < len(self.layers):
+                raise CacheMisuseError(
+                    f"this TriAttentionCache was built for a model with {len(self.layers)} layers but the model "
+                    f"stored only {stored} per forward: build one cache per model, e.g. TriAttentionCache(model, ...)")
+            self._covered = True
         self._maybe_round(n)
         self._previous_step = n
 
