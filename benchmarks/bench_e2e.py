@@ -82,6 +82,12 @@ def run_once(model, mode, ids, args, device):
     stamps = Stamps(device)
     kw = dict(max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0,
               logits_processor=LogitsProcessorList([stamps]), return_dict_in_generate=True)
+    if args.compile and mode in ("static", "hf-static"):
+        from transformers import CompileConfig
+
+        config = CompileConfig(backend=args.compile_backend, mode=None)
+        config._compile_all_devices = True
+        kw["compile_config"] = config
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -156,6 +162,9 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=4096, help="prefill chunk of the tri-chunk mode")
     ap.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved (the median row is kept)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="compile the decode step of static / hf-static on CPU too "
+                    "(transformers compiles on CUDA by itself)")
+    ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--deadline-s", type=float, default=420.0, help="skip remaining cases after this many seconds")
     ap.add_argument("--json", help="write all rows here")
     ap.add_argument("--dry", action="store_true", help="tiny shapes, to check the script")
