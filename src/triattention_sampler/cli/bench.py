@@ -1,4 +1,5 @@
 """``triattention bench``: decode tokens/s and physical KV bytes versus generated length."""
+from ..scorers.registry import DEFAULT_METHOD, REFERENCE
 from .common import (CLIError, add_model_args, check_methods, check_writable, environment, int_list,
                      load_calibration, load_model, set_threads, write_results)
 
@@ -26,9 +27,9 @@ def run(args):
         except DataUnavailable as err:
             raise CLIError(str(err)) from None
     runs = []
-    configs = ([("full", None)] if not args.no_full else []) + [(args.method, b) for b in budgets]
+    configs = ([(REFERENCE, None)] if not args.no_full else []) + [(args.method, b) for b in budgets]
     for method, budget in configs:
-        label = "full cache" if method == "full" else f"{method} B={budget}"
+        label = "full cache" if method == REFERENCE else f"{method} B={budget}"
         cache = build_cache(model, method, budget or 1, args.interval, calibration=calibration)
         if lengths:
             rows = sampled_decode_bench(model, filler, cache, lengths=lengths, window=args.window,
@@ -64,7 +65,7 @@ def add_parser(sub):
                        description="Greedy decoding one token per forward (EOS ignored), full cache vs budgets.")
     p.add_argument("--budgets", default="256,1024")
     p.add_argument("--interval", type=int, default=64)
-    p.add_argument("--method", default="triattention-recommended")
+    p.add_argument("--method", default=DEFAULT_METHOD)
     p.add_argument("--calibration")
     p.add_argument("--lengths", default="1024,2048,4096,8192,16384",
                    help="sequence lengths to measure at: the text is fed in interval-sized chunks up to "

@@ -1,12 +1,10 @@
 """``triattention eval``: teacher-forced quality (KL / top-1 / NLL vs the full cache) or pass-key retrieval."""
 import os
 
+from ..scorers.registry import BASELINE, EVAL_METHODS, REFERENCE
 from .common import (CLIError, add_model_args, check_file, check_methods, check_writable, environment, int_list,
                      load_calibration, load_model, set_threads, write_results)
 
-DEFAULT_METHODS = ["triattention-recommended", "triattention", "triattention-online", "streamingllm", "snapkv",
-                   "snapkv[kernel_size=1,recent_window=32]", "random", "knorm",
-                   "tri-no-trig", "tri-no-norm", "tri-no-mlr", "tri-linear"]
 
 
 def default_calibration(args, model, tok, given=None):
@@ -55,7 +53,7 @@ def run_needle(args, methods, budgets):
     text_ids = tok(text, add_special_tokens=False)["input_ids"]
 
     def make_runs():
-        runs = {"full": build_cache(model, "full", 1, args.interval, model_info=info)}
+        runs = {REFERENCE: build_cache(model, REFERENCE, 1, args.interval, model_info=info)}
         for b in budgets:
             for m in methods:
                 runs[f"{m}@{b}"] = build_cache(model, m, b, args.interval, calibration=calibration,
@@ -129,9 +127,9 @@ def run(args):
                          "seconds": round(res["_timing"][m], 2), "rounds": summary["rounds"],
                          "compact_seconds": round(summary["compact_seconds"], 2),
                          **round_cost(m, summary, info, budget, args.interval, element)})
-            if "streamingllm" in res and m != "streamingllm":  # paired against the same tokens
+            if BASELINE in res and m != BASELINE:  # paired against the same tokens
                 for key in ("kl", "nll", "agree"):
-                    pd = paired_difference(res[m][key], res["streamingllm"][key], eval_start, args.interval)
+                    pd = paired_difference(res[m][key], res[BASELINE][key], eval_start, args.interval)
                     tag = "top1" if key == "agree" else key
                     rows[-1][f"d{tag}_vs_streamingllm"] = round(pd["diff"], 5)
                     rows[-1][f"d{tag}_vs_streamingllm_se"] = round(pd["se"], 5)
@@ -169,7 +167,7 @@ def add_parser(sub):
     p.add_argument("--offset", type=int, default=0, help="skip this many tokens of the text first")
     p.add_argument("--budgets", default="128,256,512,1024")
     p.add_argument("--interval", type=int, default=64)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs; "
+    p.add_argument("--methods", default=",".join(EVAL_METHODS), help="comma-separated method specs; "
                    "'triattention' and the tri-* ablations use offline calibration (Milton), the others online "
                    "statistics; settings in brackets, e.g. 'triattention-online[recent_window=32,score_layer_stride=4]'")
     p.add_argument("--calibration", help="offline calibration file (default: Milton, calibrated and cached)")

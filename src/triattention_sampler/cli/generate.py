@@ -2,6 +2,7 @@
 import sys
 import time
 
+from ..scorers.registry import DEFAULT_METHOD
 from .common import (CLIError, add_cache_args, add_model_args, check_file, check_methods, config_settings,
                      load_calibration, load_model, set_threads)
 
@@ -80,7 +81,7 @@ def add_parser(sub, methods_help):
                                    "tokens/s and the cache's physical vs logical size (on stderr).")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("--prompt-file", help="read the prompt from a file")
-    p.add_argument("--method", default="triattention-recommended",
+    p.add_argument("--method", default=DEFAULT_METHOD,
                    help="method spec (default triattention-recommended); settings in brackets, e.g. "
                         f"'snapkv[kernel_size=1,recent_window=32]'. Methods: {methods_help}")
     p.add_argument("--max-new-tokens", type=int, default=1000)

@@ -3,6 +3,8 @@ import json
 import os
 from typing import List
 
+from ..scorers.registry import REFERENCE
+
 
 def _plt():
     import matplotlib
@@ -16,7 +18,7 @@ def _plt():
 def plot_quality(result: dict, out_dir: str) -> List[str]:
     plt = _plt()
     rows = result["rows"]
-    methods = sorted({r["method"] for r in rows if r["method"] != "full"}, key=lambda m: (m.startswith("tri-"), m))
+    methods = sorted({r["method"] for r in rows if r["method"] != REFERENCE}, key=lambda m: (m.startswith("tri-"), m))
     paths = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for metric, ax, label in (("kl", axes[0], "KL(full || compressed), nats/token"),

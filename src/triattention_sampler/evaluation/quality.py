@@ -19,7 +19,7 @@ import torch
 from ..cache import TriAttentionCache
 from ..config import TriAttentionConfig
 from ..model_info import describe_model
-from ..scorers.registry import UNBOUNDED
+from ..scorers.registry import REFERENCE, UNBOUNDED
 from ..scorers.streamingllm import StreamingLLMScorer
 from .metrics import token_metrics
 
@@ -61,14 +61,14 @@ def stream_quality(model, ids: torch.Tensor, runs: Dict[str, TriAttentionCache],
     ids = ids.to(device)
     n = int(ids.numel())
     out = {label: {k: [] for k in ("nll", "nll_ref", "kl", "agree", "correct")} for label in runs}
-    timing = {label: 0.0 for label in ["full", *runs]}
+    timing = {label: 0.0 for label in [REFERENCE, *runs]}
     spans = feed_schedule(n - 1, chunk)  # the last token is only a target
     for start, end in tqdm(spans, desc=desc, unit="chunk", disable=not progress):
         x = ids[None, start:end]
         targets = ids[start + 1:end + 1]
         t0 = time.perf_counter()
         logp_ref = torch.log_softmax(model(input_ids=x, past_key_values=ref, use_cache=True).logits[0].float(), -1)
-        timing["full"] += time.perf_counter() - t0
+        timing[REFERENCE] += time.perf_counter() - t0
         for label, cache in runs.items():
             t0 = time.perf_counter()
             logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits[0].float()

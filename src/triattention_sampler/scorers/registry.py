@@ -70,6 +70,15 @@ METHODS: Dict[str, Method] = {
 }
 
 
+DEFAULT_METHOD = "triattention-recommended"  # what generate, bench and the flag use unless told
+PRESET_METHODS = {"paper": "triattention", "recommended": "triattention-recommended", "quality": "triattention-quality"}
+BASELINE = "streamingllm"  # what the evaluation pairs every method against
+REFERENCE = "full"  # no compression: what every compressed run is compared with
+EVAL_METHODS = ["triattention-recommended", "triattention", "triattention-online", "streamingllm", "snapkv",
+                "snapkv[kernel_size=1,recent_window=32]", "random", "knorm",
+                "tri-no-trig", "tri-no-norm", "tri-no-mlr", "tri-linear"]
+
+
 def method_names() -> List[str]:
     return list(METHODS)
 
