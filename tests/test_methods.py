@@ -178,7 +178,7 @@ def test_batched_round_scores_equal_layer_by_layer(model_type):
 
 def test_recommended_setting_is_reachable_by_name():
     scorer, implied, _ = make_scorer("triattention-recommended")
-    assert isinstance(scorer, ts.TriAttentionScorer) and implied == {"score_layer_stride": 4}
+    assert isinstance(scorer, ts.TriAttentionScorer) and implied == {"score_layer_stride": 4, "prefill_chunk": 4096}
     assert ts.preset("recommended").score_layer_stride == 4 and ts.preset("paper") == ts.TriAttentionConfig()
     assert make_scorer("triattention-recommended[score_layer_stride=2]")[2] == {"score_layer_stride": 2}
     model = tiny_model("llama", num_hidden_layers=8)
@@ -218,7 +218,7 @@ def test_layer_budgets_with_zero_slope_are_the_shared_path(tiny_llama):
 
 
 def test_quality_preset_is_reachable_by_name():
-    assert make_scorer("triattention-quality")[1] == {"layer_budget_slope": -0.5}
+    assert make_scorer("triattention-quality")[1] == {"layer_budget_slope": -0.5, "prefill_chunk": 4096}
     assert ts.preset("quality").layer_budget_slope == -0.5
     model = tiny_model("llama", num_hidden_layers=4)
     cache = feed(model, build_cache(model, "triattention-quality", 16, 8), 60)

@@ -21,11 +21,10 @@ from .cache import TriAttentionCache
 from .cache.layer import TriAttentionLayer
 from .config import PRESETS
 from .generate import build_cache
-from .scorers.registry import lookup, resolve
+from .scorers.registry import DEFAULT_METHOD, PRESET_METHODS, lookup, resolve
 
 SETTINGS_KEY = "triattention"  # where configure() stores the settings: saved with save_pretrained
-PRESET_METHODS = {"paper": "triattention", "recommended": "triattention-recommended", "quality": "triattention-quality"}
-DEFAULT = {"method": PRESET_METHODS["recommended"], "settings": {}, "calibration": None}
+DEFAULT = {"method": DEFAULT_METHOD, "settings": {}, "calibration": None}
 
 
 def configure(model, preset: Optional[str] = "recommended", *, method: Optional[str] = None,
@@ -46,7 +45,7 @@ def configure(model, preset: Optional[str] = "recommended", *, method: Optional[
     elif preset not in (None, "recommended"):
         raise ValueError("pass either preset or method, not both")
     lookup(method)
-    resolve(method, **settings)  # refuses unknown or ill-typed settings now, naming them
+    _, config = resolve(method, **settings)  # refuses unknown or ill-typed settings now, naming them
     if calibration is not None:
         if not isinstance(calibration, (str, os.PathLike)):
             raise TypeError("configure() stores a calibration file path (str or os.PathLike); save CalibrationStats "
@@ -56,6 +55,8 @@ def configure(model, preset: Optional[str] = "recommended", *, method: Optional[
             raise FileNotFoundError(f"calibration file not found: {calibration}")
     stored = {"method": method, "settings": dict(settings), "calibration": calibration}
     setattr(model.config, SETTINGS_KEY, stored)
+    # generate reads long prompts in these chunks (rounds between them keep the cache within budget + chunk)
+    model.generation_config.prefill_chunk_size = config.prefill_chunk or None
     register()
     if model.config._attn_implementation != NAME:
         model.set_attn_implementation(NAME)

@@ -136,6 +136,9 @@ class TriAttentionCache(Cache):
         return layouts
 
     def _reset_state(self) -> None:
+        for layout in self.pruned_layouts if hasattr(self, "pruned_layouts") else []:
+            if not self.static:  # room for prompt chunks again
+                layout.capacity_target = layout.budget + self.config.headroom() + 1
         self.rounds = self.tokens_evicted = 0
         self.compact_seconds = self.score_seconds = 0.0
         self.prompt_lengths: Optional[List[int]] = None  # real prompt tokens per row, once known
@@ -312,6 +315,9 @@ class TriAttentionCache(Cache):
                     self.prompt_lengths = list(self.expected_prompt)
             elif incoming == 1 or self._previous_step == 1:
                 self.prompt_lengths = list(layout.seen)  # else: the prompt ends where single-token steps begin
+            if self.prompt_lengths is not None and not self.static:
+                for each in self.pruned_layouts:  # prompt chunks need no more room: the next round gives it back
+                    each.capacity_target = each.budget + self.config.interval + 1
         limit = layout.budget + max(self.config.interval, incoming)
         trigger = [r + incoming > limit for r in layout.real]
         if any(trigger):
