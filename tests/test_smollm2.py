@@ -94,3 +94,34 @@ def test_offline_calibration_file_from_text_validates_and_generates(smollm2, tmp
     # Real query centres are concentrated (paper: Q concentration); random ones would give R near 0.
     r = torch.sqrt(stats.q_mean_real ** 2 + stats.q_mean_imag ** 2) / stats.q_abs_mean
     assert float(r.median()) > 0.5
+
+
+@pytest.mark.slow
+def test_buffers_after_the_first_round_fit_budget_plus_interval(smollm2):
+    """A 2048-token prompt at budget 256 / interval 64: after the first round every layer holds 256 + 64 + 1 slots."""
+    model, tok = smollm2
+    text = " ".join(f"Night {i}: the keeper climbed the stairs and lit the lamp." for i in range(400))
+    ids = tok(text, return_tensors="pt")["input_ids"][:, :2048]
+    assert ids.shape[1] == 2048
+    cache = ts.TriAttentionCache(model, budget=256, interval=64)
+    with ts.use_triattention_attention(model), torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        prompt_bytes = cache.nbytes()
+        model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)  # the round runs first
+    slot = 2 * model.config.num_key_value_heads * model.config.head_dim * 4  # K and V, fp32, per layer
+    layers = model.config.num_hidden_layers
+    assert prompt_bytes == layers * 2048 * slot  # the prompt exactly (no headroom, no copy)
+    assert cache.rounds == 1 and cache.nbytes() == layers * (256 + 64 + 1) * slot
+
+
+@pytest.mark.slow
+def test_static_cache_gives_the_eager_caches_tokens(smollm2):
+    """static=True (fixed buffers, what torch.compile captures) decodes the same tokens as the eager cache: a
+    left-padded batch of two, greedy, rounds every 16 tokens."""
+    model, tok = smollm2
+    batch = chat_batch(tok, PROMPTS[:2])
+    kw = dict(budget=64, interval=16, max_new_tokens=160, min_new_tokens=160, do_sample=False, return_cache=True)
+    eager, cache = ts.generate(model, batch["input_ids"], batch["attention_mask"], **kw)
+    static, fixed = ts.generate(model, batch["input_ids"], batch["attention_mask"], static=True, **kw)
+    assert fixed.frozen and fixed.rounds == cache.rounds >= 8
+    assert torch.equal(eager, static)
