@@ -135,13 +135,6 @@ class StaticTriAttentionLayer(TriAttentionLayer):
         if not self.owner.frozen:
             super().shrink(capacity)
 
-    def reset(self) -> None:
-        self.keys = self.values = self.table = None
-        self.is_initialized = False
-        self.cumulative_length = 0
-        if self.index == 0:
-            self.owner._reset_shared()
-
     def select_rows(self, rows: torch.Tensor) -> None:
         if not self.owner.frozen:
             return super().select_rows(rows)
