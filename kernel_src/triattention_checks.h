@@ -55,6 +55,18 @@ inline void score_keys(const at::Tensor& out, const at::Tensor& keys, const at::
               "out must be [B=", B, ", Hq=", Hq, ", N=", N, "], got shape ", out.sizes());
 }
 
+// Calls f(scalar_t{}) for the key dtype, one of the three score_keys accepts: every backend dispatches that set.
+template <typename F>
+inline void with_key_type(at::ScalarType dtype, F&& f) {
+  if (dtype == at::kFloat) {
+    f(float{});
+  } else if (dtype == at::kBFloat16) {
+    f(at::BFloat16{});
+  } else {
+    f(at::Half{});
+  }
+}
+
 // out [B, Hq / group_size, N] f32; scores [B, Hq, N] f32; candidates [B, N] bool.
 inline void zscore_group_reduce(const at::Tensor& out, const at::Tensor& scores,
                                 const at::Tensor& candidates, int64_t group_size, c10::DeviceType type) {

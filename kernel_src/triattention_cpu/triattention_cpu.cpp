@@ -175,7 +175,6 @@ void score_keys_impl(float* out, const scalar_t* keys, const float* trig, const 
 void score_keys(torch::Tensor& out, torch::Tensor const& keys, torch::Tensor const& trig_weights,
                 torch::Tensor const& norm_weights, int64_t rotary_dim, bool interleaved) {
   triattention::checks::score_keys(out, keys, trig_weights, norm_weights, rotary_dim, c10::DeviceType::CPU);
-  const auto kdt = keys.scalar_type();
   const int64_t B = keys.size(0), Hkv = keys.size(1), N = keys.size(2), D = keys.size(3);
   const int64_t Hq = trig_weights.size(1), O = trig_weights.size(2);
   if (out.numel() == 0) return;
@@ -186,13 +185,7 @@ void score_keys(torch::Tensor& out, torch::Tensor const& keys, torch::Tensor con
                               norm_weights.data_ptr<float>(), B, Hkv, N, D, Hq / Hkv, O, rotary_dim, ks,
                               interleaved);
   };
-  if (kdt == at::kFloat) {
-    run(float{});
-  } else if (kdt == at::kBFloat16) {
-    run(at::BFloat16{});
-  } else {
-    run(at::Half{});
-  }
+  triattention::checks::with_key_type(keys.scalar_type(), run);
 }
 
 void zscore_group_reduce(torch::Tensor& out, torch::Tensor const& scores, torch::Tensor const& candidates,

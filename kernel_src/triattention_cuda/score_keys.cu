@@ -326,7 +326,6 @@ void score_keys(at::Tensor& out, at::Tensor const& keys, at::Tensor const& trig_
   const auto device = keys.device();
   const c10::cuda::OptionalCUDAGuard device_guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
-  const auto kdt = keys.scalar_type();
 
   if (fast_path_applies(keys, O, G, rotary_dim)) {
     int sms = 0;
@@ -341,13 +340,7 @@ void score_keys(at::Tensor& out, at::Tensor const& keys, at::Tensor const& trig_
                     : launch_fast_g<scalar_t, 64, false>(G, out, keys, trig_weights, norm_weights, stream, sms);
       }
     };
-    if (kdt == at::kFloat) {
-      launch(float{});
-    } else if (kdt == at::kBFloat16) {
-      launch(at::BFloat16{});
-    } else {
-      launch(at::Half{});
-    }
+    triattention::checks::with_key_type(keys.scalar_type(), launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
@@ -377,12 +370,5 @@ void score_keys(at::Tensor& out, at::Tensor const& keys, at::Tensor const& trig_
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   };
-  if (kdt == at::kFloat) {
-    launch(float{});
-  } else if (kdt == at::kBFloat16) {
-    launch(at::BFloat16{});
-  } else {
-    launch(at::Half{});
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  triattention::checks::with_key_type(keys.scalar_type(), launch);  // each launch is checked in the loop
 }
