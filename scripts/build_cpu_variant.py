@@ -43,51 +43,18 @@ def ninja_lines(ops_name: str, so_path: Path) -> list:
     cflags += [f"-isystem {i}" if "site-packages" in i or "include/python" in i else f"-I{i}" for i in includes]
     lib_dir = cpp_extension.library_paths()[0]
     ldflags = ["-shared", "-fopenmp", f"-L{lib_dir}", "-lc10", "-ltorch_cpu", "-ltorch"]
-    lines = [
-        f"cxx = {os.environ.get('CXX', 'c++')}",
-        f"cflags = {' '.join(cflags)}",
-        f"ldflags = {' '.join(ldflags)}",
-        "rule compile",
-        "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out",
-        "  depfile = $out.d",
-        "  deps = gcc",
-        "rule link",
-        "  command = $cxx $in $ldflags -o $out",
-    ]
-    objs = []
-    for src in SOURCES:
-        obj = WORK / (src.stem + ".o")
-        objs.append(str(obj))
-        lines.append(f"build {obj}: compile {src}")
-    shim = WORK / "manylinux_shim.c"
-    shim.write_text(vc.MANYLINUX_SHIM_C)
-    lines += ["rule compile_c", "  command = cc -O2 -fPIC -c $in -o $out", f"build {shim}.o: compile_c {shim}"]
-    objs.append(f"{shim}.o")
-    lines += [f"build {so_path}: link {' '.join(objs)}", f"default {so_path}"]
-    return lines
+    lines = [f"cxx = {os.environ.get('CXX', 'c++')}", f"cflags = {' '.join(cflags)}",
+             f"ldflags = {' '.join(ldflags)}"] + vc.HOST_RULES
+    objs = [str(WORK / (src.stem + ".o")) for src in SOURCES]
+    lines += [f"build {obj}: compile {src}" for obj, src in zip(objs, SOURCES)]
+    return lines + vc.link_lines(WORK, objs, so_path)
 
 
 def build(out_root: Path, unique_id: str, force: bool = False, verbose: bool = True) -> Path:
-    import torch
-
     ops_name = f"_{vc.NAME}_cpu_{unique_id}"
-    variant_dir = out_root / variant_name()
-    stamp = WORK / f"{variant_dir.name}.build-hash"
-    digest = vc.inputs_hash(SOURCES + HEADERS, [CXX_FLAGS, unique_id, torch.__version__,
-                                                Path(__file__).read_text(), Path(vc.__file__).read_text()])
-    if not force and stamp.exists() and stamp.read_text() == digest and (variant_dir / f"{ops_name}.abi3.so").exists():
-        if verbose:
-            print(f"{variant_dir}: up to date")
-        return variant_dir
-
-    vc.write_registration_h(WORK / "include")
-    so_path = WORK / f"{ops_name}.abi3.so"
-    vc.run_ninja(WORK, ninja_lines(ops_name, so_path), verbose)
-    vc.install_variant(variant_dir, so_path, ops_name, {"type": "cpu"})
-    stamp.write_text(digest)
-    if verbose:
-        print(f"built {variant_dir}")
-    return variant_dir
+    return vc.build_variant(__file__, WORK, out_root / variant_name(), ops_name, SOURCES + HEADERS,
+                            [CXX_FLAGS, unique_id], lambda so_path: ninja_lines(ops_name, so_path),
+                            {"type": "cpu"}, force, verbose)
 
 
 def main() -> None:

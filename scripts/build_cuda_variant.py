@@ -111,48 +111,20 @@ def ninja_lines(ops_name: str, so_path: Path, archs) -> list:
         "  command = $nvcc -MD -MF $out.d $nvflags -c $in -o $out",
         "  depfile = $out.d",
         "  deps = gcc",
-        "rule compile",
-        "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out",
-        "  depfile = $out.d",
-        "  deps = gcc",
-        "rule link",
-        "  command = $cxx $in $ldflags -o $out",
-    ]
-    objs = []
-    for src in SOURCES:
-        obj = WORK / (src.stem + (".cu.o" if src.suffix == ".cu" else ".o"))
-        objs.append(str(obj))
-        lines.append(f"build {obj}: {'nvcc' if src.suffix == '.cu' else 'compile'} {src}")
-    shim = WORK / "manylinux_shim.c"
-    shim.write_text(vc.MANYLINUX_SHIM_C)
-    lines += ["rule compile_c", "  command = cc -O2 -fPIC -c $in -o $out", f"build {shim}.o: compile_c {shim}"]
-    objs.append(f"{shim}.o")
-    lines += [f"build {so_path}: link {' '.join(objs)}", f"default {so_path}"]
-    return lines
+    ] + vc.HOST_RULES
+    objs = [str(WORK / (src.stem + (".cu.o" if src.suffix == ".cu" else ".o"))) for src in SOURCES]
+    lines += [f"build {obj}: {'nvcc' if src.suffix == '.cu' else 'compile'} {src}" for obj, src in zip(objs, SOURCES)]
+    return lines + vc.link_lines(WORK, objs, so_path)
 
 
 def build(out_root: Path, unique_id: str, archs=None, force: bool = False, verbose: bool = True,
           jobs=None) -> Path:
-    import torch
-
     archs = list(archs or local_archs())
     ops_name = f"_{vc.NAME}_cuda_{unique_id}"
-    variant_dir = out_root / variant_name()
-    stamp = WORK / f"{variant_dir.name}.build-hash"
-    digest = vc.inputs_hash(SOURCES + HEADERS, [NVCC_FLAGS, CXX_FLAGS, archs, unique_id, torch.__version__,
-                                                Path(__file__).read_text(), Path(vc.__file__).read_text()])
-    if not force and stamp.exists() and stamp.read_text() == digest and (variant_dir / f"{ops_name}.abi3.so").exists():
-        if verbose:
-            print(f"{variant_dir}: up to date")
-        return variant_dir
-    vc.write_registration_h(WORK / "include")
-    so_path = WORK / f"{ops_name}.abi3.so"
-    vc.run_ninja(WORK, ninja_lines(ops_name, so_path, archs), verbose, jobs=jobs)
-    vc.install_variant(variant_dir, so_path, ops_name, {"type": "cuda", "archs": archs})
-    stamp.write_text(digest)
-    if verbose:
-        print(f"built {variant_dir}")
-    return variant_dir
+    return vc.build_variant(__file__, WORK, out_root / variant_name(), ops_name, SOURCES + HEADERS,
+                            [NVCC_FLAGS, CXX_FLAGS, archs, unique_id],
+                            lambda so_path: ninja_lines(ops_name, so_path, archs),
+                            {"type": "cuda", "archs": archs}, force, verbose, jobs=jobs)
 
 
 def main() -> None:

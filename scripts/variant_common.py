@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "triattention"
@@ -153,3 +154,50 @@ def run_ninja(work: Path, lines: list, verbose: bool, jobs=None) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ninja failed in {work}:\n{(proc.stdout + proc.stderr)[-8000:]}")
+
+
+# The host compiler's compile and link rules; $cxx, $cflags and $ldflags are set by each backend's ninja lines.
+HOST_RULES = [
+    "rule compile",
+    "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out",
+    "  depfile = $out.d",
+    "  deps = gcc",
+    "rule link",
+    "  command = $cxx $in $ldflags -o $out",
+]
+
+
+def link_lines(work: Path, objs: list, so_path: Path) -> list:
+    """Ninja lines that compile the manylinux shim and link it with ``objs`` into ``so_path`` (the default)."""
+    shim = work / "manylinux_shim.c"
+    shim.write_text(MANYLINUX_SHIM_C)
+    return ["rule compile_c", "  command = cc -O2 -fPIC -c $in -o $out", f"build {shim}.o: compile_c {shim}",
+            f"build {so_path}: link {' '.join(objs + [f'{shim}.o'])}", f"default {so_path}"]
+
+
+def build_variant(script: str, work: Path, variant_dir: Path, ops_name: str, inputs: list, settings: list,
+                  ninja_lines: Callable[[Path], list], backend: dict, force: bool, verbose: bool,
+                  jobs=None) -> Path:
+    """Build ``variant_dir`` unless its inputs hash as they did at the last build.
+
+    ``inputs``: compiled files and headers; ``settings``: flags, archs and ids; the hash also covers torch's version,
+    ``script`` (the backend's build script) and this file. ``ninja_lines(so_path)`` gives the backend's ninja lines.
+    """
+    import torch
+
+    stamp = work / f"{variant_dir.name}.build-hash"
+    digest = inputs_hash(inputs, list(settings) + [torch.__version__, Path(script).read_text(),
+                                                   Path(__file__).read_text()])
+    so_name = f"{ops_name}.abi3.so"
+    if not force and stamp.exists() and stamp.read_text() == digest and (variant_dir / so_name).exists():
+        if verbose:
+            print(f"{variant_dir}: up to date")
+        return variant_dir
+    write_registration_h(work / "include")
+    so_path = work / so_name
+    run_ninja(work, ninja_lines(so_path), verbose, jobs=jobs)
+    install_variant(variant_dir, so_path, ops_name, backend)
+    stamp.write_text(digest)
+    if verbose:
+        print(f"built {variant_dir}")
+    return variant_dir
