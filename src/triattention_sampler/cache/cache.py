@@ -48,6 +48,13 @@ def _check_static(config: TriAttentionConfig, info: ModelInfo, model) -> None:
                          "large for a fixed buffer")
 
 
+def _wrong_attention(impl) -> CacheMisuseError:
+    return CacheMisuseError(
+        f"a TriAttentionCache was used with attn_implementation={impl!r}: its compaction and padding are only "
+        "handled by the 'triattention' attention function; call model.set_attn_implementation('triattention') or "
+        "use triattention_sampler.generate(...)")
+
+
 class TriAttentionCache(Cache):
     """KV cache that keeps every pruned layer within ``budget`` (+ ``interval`` slack) tokens per row.
 
@@ -207,9 +214,6 @@ class TriAttentionCache(Cache):
             self.query_window.reset()
         self._reset_state()
 
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("a TriAttention cache cannot be cropped: evicted tokens cannot be restored")
-
     def _select_rows(self, indices: torch.Tensor) -> None:
         """Keep batch rows ``indices`` in every layer and layout (beam search reorders; layer 0's hooks call it)."""
         host = [int(i) for i in indices.tolist()]
@@ -248,10 +252,7 @@ class TriAttentionCache(Cache):
         _ACTIVE.cache = self._ref
         impl = getattr(self._modules[0]().config, "_attn_implementation", None)
         if impl != "triattention":
-            raise CacheMisuseError(
-                f"a TriAttentionCache was used with attn_implementation={impl!r}: its compaction and padding are "
-                "only handled by the 'triattention' attention function; call model.set_attn_implementation("
-                "'triattention') or use triattention_sampler.generate(...)")
+            raise _wrong_attention(impl)
         self.mask_pending = True
 
     def records_queries(self, layer_idx: int) -> bool:
@@ -294,10 +295,7 @@ class TriAttentionCache(Cache):
         if self._unserved:
             module = self._modules[min(self._unserved)]() if self._modules else None
             impl = getattr(getattr(module, "config", None), "_attn_implementation", "another attention function")
-            raise CacheMisuseError(
-                f"a TriAttentionCache was used with attn_implementation={impl!r}: its compaction and padding are "
-                "only handled by the 'triattention' attention function; call model.set_attn_implementation("
-                "'triattention') or use triattention_sampler.generate(...)")
+            raise _wrong_attention(impl)
 
     def _maybe_round(self, incoming: int) -> None:
         """Run a round if a row would exceed ``budget + max(interval, incoming)`` after ``incoming`` tokens."""

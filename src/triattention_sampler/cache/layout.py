@@ -171,10 +171,7 @@ class Layout:
         """Host side of :meth:`SlotTable.mark_padding`: ``counts`` real tokens per row among the latest append."""
         if self.padding_step == self.step:
             return
-        n = self.last[1]
-        self.real = [r - n + c for r, c in zip(self.real, counts)]
-        self.seen = [r - n + c for r, c in zip(self.seen, counts)]
-        self.all_valid = self.all_valid and all(c == n for c in counts)
+        self.count_new(counts)
         self.padding_step, self._new_valid = self.step, new_valid
         for table in self.tables.values():
             if table.step == self.step:  # tables on devices whose layers have not run yet mark it on append
