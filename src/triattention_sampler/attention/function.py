@@ -17,7 +17,7 @@ from triattention.rope import inverse_rope
 from ..cache import active_cache
 from ..cache.static import step_mask
 from ..errors import CacheMisuseError
-from .sdpa import causal_attention, masked_attention, per_head_masked_attention
+from .sdpa import attend_somewhere, causal_attention, masked_attention, per_head_masked_attention
 
 NAME = "triattention"
 OBSERVE_TOKENS = 2048  # queries inverted and accumulated at once (bounds the float64 working set of a prefill)
@@ -98,11 +98,8 @@ def _static_attention(cache, module, query, key, value, scaling):
     if cache.collecting(layer.index):
         table = layer.table
         slots = table.slot_start + torch.arange(lq, device=query.device)
-        rope = layer.plan.rope
-        pos = table.pos[:, 0].index_select(1, slots)
-        q_pre = inverse_rope(query, rope.omega.to(query.device), pos.clamp_min(0)[:, None, :], rope.scale,
-                             style=rope.style, rotary_dim=rope.rotary_dim)
-        cache.online.observe(layer.index, q_pre, table.valid[:, 0].index_select(1, slots).float())
+        _observe_slice(cache, layer, query, table.pos[:, 0].index_select(1, slots),
+                       table.valid[:, 0].index_select(1, slots))
     # A decode step's mask is the slots' validity, read after update marked the new slot.
     mask = layer.table.valid[:, :, None, :] if lq == 1 else layer.table.masks[lq]
     return per_head_masked_attention(query, key, value, scaling, mask)
@@ -110,15 +107,19 @@ def _static_attention(cache, module, query, key, value, scaling):
 
 def _observe(cache, layer, query, start: int) -> None:
     """Pre-RoPE queries of this step into the online statistics, a slice of tokens at a time."""
-    rope = layer.plan.rope
-    omega = rope.omega.to(query.device)
     lq = query.shape[2]
     for t0 in range(0, lq, OBSERVE_TOKENS):
         t1 = min(lq, t0 + OBSERVE_TOKENS)
-        pos = layer.pos[:, 0, start + t0:start + t1]
-        q_pre = inverse_rope(query[:, :, t0:t1], omega, pos.clamp_min(0)[:, None, :], rope.scale, style=rope.style,
-                             rotary_dim=rope.rotary_dim)
-        cache.online.observe(layer.index, q_pre, layer.valid[:, 0, start + t0:start + t1].float())
+        _observe_slice(cache, layer, query[:, :, t0:t1], layer.pos[:, 0, start + t0:start + t1],
+                       layer.valid[:, 0, start + t0:start + t1])
+
+
+def _observe_slice(cache, layer, query, pos: torch.Tensor, valid: torch.Tensor) -> None:
+    """Queries ``[B, Hq, T, D]`` at RoPE positions ``pos [B, T]`` (``valid`` False for padding), RoPE undone."""
+    rope = layer.plan.rope
+    q_pre = inverse_rope(query, rope.omega.to(query.device), pos.clamp_min(0)[:, None, :], rope.scale,
+                         style=rope.style, rotary_dim=rope.rotary_dim)
+    cache.online.observe(layer.index, q_pre, valid.float())
 
 
 def _plain_attention(query, key, value, attention_mask, scaling, window):
@@ -127,8 +128,7 @@ def _plain_attention(query, key, value, attention_mask, scaling, window):
     if attention_mask is None and not window:
         return causal_attention(query, key, value, scaling)
     if attention_mask is not None and attention_mask.dim() == 4:  # a prepared mask from another mask function
-        mask = attention_mask[:, :, :, -n:].bool()
-        mask = mask | ~mask.any(-1, keepdim=True)
+        mask = attend_somewhere(attention_mask[:, :, :, -n:].bool())
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
                                                                enable_gqa=query.shape[1] != key.shape[1])
         return out.transpose(1, 2).contiguous(), None

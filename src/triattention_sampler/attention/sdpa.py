@@ -18,8 +18,29 @@ def _out(attn: torch.Tensor) -> torch.Tensor:
     return attn.transpose(1, 2).contiguous()
 
 
-def _lower_right(lq: int, n: int, device) -> torch.Tensor:
-    return torch.ones(lq, n, dtype=torch.bool, device=device).tril(n - lq)
+def _lower_right(lq: int, n: int, device, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    """Rows ``start:stop`` of the ``[Lq, N]`` causal mask whose last query sees every slot: ``[stop - start, N]``."""
+    queries = torch.arange(n - lq + start, n - lq + (lq if stop is None else stop), device=device)
+    return torch.arange(n, device=device)[None, :] <= queries[:, None]
+
+
+def attend_somewhere(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` with rows that see nothing (a padding position's query) opened everywhere: their output is never
+    used, but a NaN would leak into later layers through masked-but-multiplied values."""
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+def _folded(query, key, value, scaling: Optional[float], mask: torch.Tensor) -> torch.Tensor:
+    """SDPA with one ``mask [B, Hkv, Lq, N]`` per KV head: a group's query heads folded into the query axis, so K/V
+    are not repeated. Returns ``[B, Hq, Lq, Dv]``."""
+    b, hq, lq, d = query.shape
+    hkv, n = key.shape[1], key.shape[2]
+    group = hq // hkv
+    q = query.reshape(b, hkv, group * lq, d)
+    if lq > 1:
+        mask = mask[:, :, None].expand(b, hkv, group, lq, n).reshape(b, hkv, group * lq, n)
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, hq, lq, value.shape[-1])
 
 
 def causal_attention(query, key, value, scaling: Optional[float]):
@@ -47,7 +68,7 @@ def masked_attention(query, key, value, scaling: Optional[float], valid: torch.T
 
     Queries are processed in chunks so the boolean mask stays under :data:`MASK_ELEMENTS`; per-KV-head masks fold
     the query heads of a group into the query axis (no K/V repeat)."""
-    b, hq, lq, d = query.shape
+    b, hq, lq = query.shape[:3]
     hkv, n = key.shape[1], key.shape[2]
     per_head = valid.shape[1] > 1
     group = hq // hkv
@@ -55,21 +76,15 @@ def masked_attention(query, key, value, scaling: Optional[float], valid: torch.T
     outs = []
     for start in range(0, lq, rows):
         stop = min(lq, start + rows)
-        causal = _lower_right(lq, n, query.device)[start:stop]  # [c, N]
+        causal = _lower_right(lq, n, query.device, start, stop)  # [c, N]: only this chunk's rows
         mask = valid[:, :, None, :] & causal
         if window:
             qpos = positions[:, :, n - lq + start:n - lq + stop]
             mask = mask & (positions[:, :, None, :] > qpos[..., None] - window)
-        # A query that sees nothing (a padding position) attends everywhere: its output is never used, but a NaN
-        # would leak into later layers through masked-but-multiplied values.
-        mask = mask | ~mask.any(-1, keepdim=True)
+        mask = attend_somewhere(mask)
         q = query[:, :, start:stop]
         if per_head:
-            c = stop - start
-            q = q.reshape(b, hkv, group * c, d)
-            mask = mask[:, :, None].expand(b, hkv, group, c, n).reshape(b, hkv, group * c, n) if c > 1 else mask
-            out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
-            outs.append(out.reshape(b, hq, c, value.shape[-1]))
+            outs.append(_folded(q, key, value, scaling, mask))
         else:
             outs.append(F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling,
                                                        enable_gqa=group > 1))
@@ -79,11 +94,4 @@ def masked_attention(query, key, value, scaling: Optional[float], valid: torch.T
 def per_head_masked_attention(query, key, value, scaling: Optional[float], mask: torch.Tensor):
     """Attention with a ready ``mask [B, Hkv, Lq, N]`` bool (one per KV head): the query heads of a group are folded
     into the query axis, so K/V are not repeated (a static step: fixed shapes, no host values)."""
-    b, hq, lq, d = query.shape
-    hkv, n = key.shape[1], key.shape[2]
-    group = hq // hkv
-    q = query.reshape(b, hkv, group * lq, d)
-    if lq > 1:
-        mask = mask[:, :, None].expand(b, hkv, group, lq, n).reshape(b, hkv, group * lq, n)
-    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
-    return _out(out.reshape(b, hq, lq, value.shape[-1])), None
+    return _out(_folded(query, key, value, scaling, mask)), None
