@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Compile-only check of the CUDA sources (and the binding under CUDA_KERNEL/ROCM_KERNEL) against this venv's torch.
+"""Compile-only check of the CUDA sources against this venv's torch: every .cu with nvcc, the host entries
+(``kernel_src/triattention_cuda/*.cpp``) and the binding (under CUDA_KERNEL and ROCM_KERNEL) with the host compiler.
 
 The CPU torch wheel ships the c10/cuda headers but not the generated ``c10/cuda/impl/cuda_cmake_macros.h``; a
 stand-in with ``#define C10_CUDA_BUILD_SHARED_LIBS`` is written to a private include dir. Nothing is linked
@@ -28,6 +29,7 @@ import variant_common as vc  # noqa: E402
 ROOT = vc.ROOT
 # Every .cu under kernel_src is compiled, listed in build.toml or not (test_build_config checks the listing).
 CU_SOURCES = sorted((ROOT / "kernel_src").rglob("*.cu"))
+HOST_SOURCES = sorted((ROOT / "kernel_src" / "triattention_cuda").glob("*.cpp"))
 HEADERS = sorted(set(cuda_build.HEADERS) | set((ROOT / "kernel_src").rglob("*.cuh")) |
                  set((ROOT / "kernel_src").glob("*.h")))
 BINDING = vc.BINDING_SOURCES[0]
@@ -40,6 +42,15 @@ def nvcc_path() -> str:
     if not Path(nvcc).exists():
         raise SystemExit("nvcc not found")
     return nvcc
+
+
+def cuda_include() -> str:
+    """The CUDA toolkit's include dir (cuda_runtime_api.h), for the host entries compiled without nvcc."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    for home in homes:
+        if home and (Path(home) / "include" / "cuda_runtime_api.h").exists():
+            return str(Path(home) / "include")
+    raise SystemExit("CUDA headers not found (set CUDA_HOME)")
 
 
 def includes() -> list:
@@ -76,6 +87,9 @@ def main() -> int:
     for define in ("CUDA_KERNEL", "ROCM_KERNEL"):
         jobs.append((BINDING, [cxx, "-std=c++20", "-fsyntax-only", f"-D{define}",
                                "-DTORCH_EXTENSION_NAME=_triattention_cuda_check", *inc, str(BINDING)]))
+    for src in HOST_SOURCES:
+        jobs.append((src, [cxx, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror", "-DCUDA_KERNEL", *inc,
+                           f"-I{cuda_include()}", str(src)]))
     failed = 0
     for src, cmd in jobs:
         key = digest([src, *HEADERS, " ".join(cmd), version])

@@ -53,6 +53,21 @@ def test_flake():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_device_code_includes_no_torch_headers():
+    """The .cu/.cuh files hold kernels and launchers only (launch.h is their boundary): checks, guards and every
+    exception live in host-compiled ops.cpp, so no C++ exception is ever thrown through nvcc-compiled frames."""
+    device_files = sorted((ROOT / "kernel_src").rglob("*.cu")) + sorted((ROOT / "kernel_src").rglob("*.cuh"))
+    device_files.append(ROOT / "kernel_src" / "triattention_cuda" / "launch.h")
+    assert len(device_files) >= 5
+    for path in device_files:
+        text = path.read_text()
+        for line in text.splitlines():
+            include = re.match(r'\s*#\s*include\s*[<"]([^>"]+)', line)
+            if include:
+                assert not re.match(r"(ATen|c10|torch)/", include.group(1)), f"{path.name}: {line.strip()}"
+        assert "TORCH_CHECK" not in text and "throw " not in text, path.name
+
+
 def test_math_header_compiles_without_cuda(tmp_path):
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:

@@ -6,18 +6,15 @@
 // wavefront is ever partial and every lane of a group reaches each shuffle.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+// Device code only: no ATen, no exceptions (host entries and checks live in ops.cpp, see launch.h).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <type_traits>
 
-#include "../triattention_checks.h"
 #include "../triattention_math.h"
+#include "launch.h"
 
 #if defined(USE_ROCM) || defined(__HIP_PLATFORM_AMD__)
 #define TRIATT_ROCM 1
@@ -95,11 +92,33 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* buf) {
   return before + x - v;
 }
 
-// Key elements as fp32 from their raw bits (c10 types convert the same way on host and device).
-template <typename scalar_t>
-__device__ __forceinline__ float to_float(scalar_t x) {
-  return static_cast<float>(x);
+// 16-bit key elements as raw bits (the kernels convert them to fp32 themselves; both conversions are exact).
+struct bf16_bits {
+  uint16_t x;
+};
+struct f16_bits {
+  uint16_t x;
+};
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(bf16_bits v) {  // bf16 = the upper half of an fp32
+  return __uint_as_float(static_cast<uint32_t>(v.x) << 16);
 }
+__device__ __forceinline__ float to_float(f16_bits v) { return __half2float(__ushort_as_half(v.x)); }
+
+// Calls f(tag) with a value of the element type of `type`: float, bf16_bits or f16_bits.
+template <typename F>
+inline cudaError_t with_key_type(KeyType type, F&& f) {
+  switch (type) {
+    case KeyType::kFloat32: return f(float{});
+    case KeyType::kBFloat16: return f(bf16_bits{});
+    case KeyType::kFloat16: return f(f16_bits{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// The error of the launch just made (a bad configuration shows up here, not at the next sync).
+inline cudaError_t launched() { return cudaGetLastError(); }
 
 }  // namespace cuda
 }  // namespace triattention

@@ -26,7 +26,8 @@ namespace {
 constexpr int kMaxCachesPerLaunch = 32;
 constexpr int kUnitsPerThread = 8;
 
-struct CompactCache {
+// A cache as the kernel walks it: the host's CompactCache plus the vector width and column slicing.
+struct SlicedCache {
   char* base;
   int64_t stride_b, stride_h, stride_c;  // bytes
   int64_t capacity;                      // C
@@ -37,11 +38,11 @@ struct CompactCache {
 };
 
 struct CompactBatch {
-  CompactCache caches[kMaxCachesPerLaunch];
+  SlicedCache caches[kMaxCachesPerLaunch];
 };
 
 template <typename vec_t>
-__device__ void compact_slice(const CompactCache& c, const int64_t* __restrict__ idx, int64_t b, int64_t h,
+__device__ void compact_slice(const SlicedCache& c, const int64_t* __restrict__ idx, int64_t b, int64_t h,
                               int slice, int64_t K) {
   const int64_t col0 = static_cast<int64_t>(slice) * c.slice_units;
   const int64_t cols = min64(c.slice_units, c.row_units - col0);
@@ -74,7 +75,7 @@ __device__ void compact_slice(const CompactCache& c, const int64_t* __restrict__
 __global__ void __launch_bounds__(kThreads)
     compact_kernel(CompactBatch batch, const int64_t* __restrict__ indices,  // [B, H, K]
                    int64_t H, int64_t K, int max_slices) {
-  const CompactCache& c = batch.caches[blockIdx.y];
+  const SlicedCache& c = batch.caches[blockIdx.y];
   const int64_t bh = blockIdx.x / max_slices;
   const int slice = static_cast<int>(blockIdx.x % max_slices);
   if (slice >= c.slices) return;  // the block is uniform: no thread reaches a barrier alone
@@ -97,32 +98,21 @@ int vec_bytes_for(std::initializer_list<int64_t> values) {
 }
 
 }  // namespace
-}  // namespace cuda
-}  // namespace triattention
 
-using namespace triattention::cuda;
-
-void compact_(at::TensorList caches, at::Tensor const& indices) {
-  triattention::checks::compact(caches, indices, c10::DeviceType::CUDA);
-  const int64_t B = indices.size(0), H = indices.size(1), K = indices.size(2);
-  if (caches.empty() || indices.numel() == 0) return;
-  const auto device = indices.device();
-  const c10::cuda::OptionalCUDAGuard device_guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
+cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
+                           int64_t H, int64_t K, int sms, cudaStream_t stream) {
+  if (n_caches == 0 || B * H * K == 0) return cudaSuccess;
   // 64-byte slices keep whole DRAM bursts per row; with few (b, h, cache) rows, 32-byte slices double the blocks.
-  const int64_t row_sets = B * H * static_cast<int64_t>(caches.size());
+  const int64_t row_sets = B * H * n_caches;
   const int slice_bytes = row_sets * 4 >= 2 * static_cast<int64_t>(sms) ? 64 : 32;
-  std::vector<CompactCache> entries;
-  for (const auto& c : caches) {
-    const int64_t es = c.element_size(), row_bytes = c.size(3) * es;
-    if (row_bytes == 0) continue;
-    CompactCache e{static_cast<char*>(c.data_ptr()), c.stride(0) * es, c.stride(1) * es, c.stride(2) * es,
-                   c.size(2), 0, 1, 1, 1};
+  std::vector<SlicedCache> entries;
+  for (int64_t i = 0; i < n_caches; ++i) {
+    const CompactCache& c = caches[i];
+    if (c.row_bytes == 0) continue;
+    SlicedCache e{c.base, c.stride_b, c.stride_h, c.stride_c, c.capacity, 0, 1, 1, 1};
     e.vec_bytes = vec_bytes_for({static_cast<int64_t>(reinterpret_cast<uintptr_t>(e.base)), e.stride_b,
-                                 e.stride_h, e.stride_c, row_bytes});
-    e.row_units = row_bytes / e.vec_bytes;
+                                 e.stride_h, e.stride_c, c.row_bytes});
+    e.row_units = c.row_bytes / e.vec_bytes;
     e.slice_units = std::max(1, slice_bytes / e.vec_bytes);
     e.slices = static_cast<int>((e.row_units + e.slice_units - 1) / e.slice_units);
     entries.push_back(e);
@@ -133,8 +123,11 @@ void compact_(at::TensorList caches, at::Tensor const& indices) {
     std::copy(entries.begin() + first, entries.begin() + first + n, batch.caches);
     int max_slices = 1;
     for (size_t i = 0; i < n; ++i) max_slices = std::max(max_slices, batch.caches[i].slices);
-    compact_kernel<<<dim3(B * H * max_slices, n), kThreads, 0, stream>>>(batch, indices.data_ptr<int64_t>(), H, K,
-                                                                           max_slices);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    compact_kernel<<<dim3(B * H * max_slices, n), kThreads, 0, stream>>>(batch, indices, H, K, max_slices);
+    if (const cudaError_t err = launched()) return err;
   }
+  return cudaSuccess;
 }
+
+}  // namespace cuda
+}  // namespace triattention

@@ -28,16 +28,16 @@ struct Chunk4<float> {
   using type = uint4;
 };
 template <>
-struct Chunk4<at::BFloat16> {
+struct Chunk4<bf16_bits> {
   using type = uint2;
 };
 template <>
-struct Chunk4<at::Half> {
+struct Chunk4<f16_bits> {
   using type = uint2;
 };
 
 __device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
-  return static_cast<float>(c10::Half(static_cast<uint16_t>(bits), c10::Half::from_bits()));
+  return to_float(f16_bits{static_cast<uint16_t>(bits)});
 }
 
 template <typename scalar_t>
@@ -47,7 +47,7 @@ __device__ __forceinline__ void unpack4(const typename Chunk4<scalar_t>::type& r
     x[1] = __uint_as_float(raw.y);
     x[2] = __uint_as_float(raw.z);
     x[3] = __uint_as_float(raw.w);
-  } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {  // bf16 = the upper half of an fp32
+  } else if constexpr (std::is_same_v<scalar_t, bf16_bits>) {  // bf16 = the upper half of an fp32
     x[0] = __uint_as_float(raw.x << 16);
     x[1] = __uint_as_float(raw.x & 0xffff0000u);
     x[2] = __uint_as_float(raw.y << 16);
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads)
 // out[h][j] = max_o <x_j, w[h,o]>: the norm term does not depend on o. A launch scores the query heads
 // h0 .. h0+Gs-1 of every kv head; the host splits G into several launches when G*O rows overflow shared memory.
 
-constexpr int kTileKeys = 64;
+constexpr int kTileKeys = static_cast<int>(kScoreTileKeys);
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* kbase = keys + b * ks_b + g * ks_h + n0 * ks_n;
   for (int i = threadIdx.x; i < nt * D; i += blockDim.x) {
     const int j = i / D, d = i % D;
-    x[j * ld + d] = static_cast<float>(kbase[j * ks_n + d]);
+    x[j * ld + d] = to_float(kbase[j * ks_n + d]);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < nt * half; i += blockDim.x) {
@@ -268,107 +268,92 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename scalar_t, int D, int G, bool kInterleaved>
-void launch_fast(at::Tensor& out, const at::Tensor& keys, const at::Tensor& trig,
-                 const at::Tensor& norm_w, cudaStream_t stream, int sms) {
-  const int64_t B = keys.size(0), Hkv = keys.size(1), N = keys.size(2);
+cudaError_t launch_fast(const ScoreKeysArgs& a, int sms, cudaStream_t stream) {
   constexpr int U = G > 4 ? 2 : 4;
   constexpr int kKeysPerBlockStep = kThreads / (D / 8) * U;
   auto kernel = score_keys_fast_kernel<scalar_t, D, G, kInterleaved>;
   // One wave of resident blocks spread over the (b, kv head) rows; each block then loops over its row, so its
   // weight loads are paid once for many keys and no second, partial wave is left at the end.
   int resident = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, 0));
-  const int64_t per_row = std::max<int64_t>(1, static_cast<int64_t>(std::max(resident, 1)) * sms / (B * Hkv));
-  const int64_t blocks = std::min<int64_t>((N + kKeysPerBlockStep - 1) / kKeysPerBlockStep, per_row);
-  kernel<<<dim3(blocks, B * Hkv), kThreads, 0, stream>>>(
-      out.data_ptr<float>(), keys.data_ptr<scalar_t>(), trig.data_ptr<float>(), norm_w.data_ptr<float>(), Hkv, N,
-      keys.stride(0), keys.stride(1), keys.stride(2));
+  if (const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, 0))
+    return err;
+  const int64_t rows = a.B * a.Hkv;
+  const int64_t per_row = std::max<int64_t>(1, static_cast<int64_t>(std::max(resident, 1)) * sms / rows);
+  const int64_t blocks = std::min<int64_t>((a.N + kKeysPerBlockStep - 1) / kKeysPerBlockStep, per_row);
+  kernel<<<dim3(blocks, rows), kThreads, 0, stream>>>(a.out, static_cast<const scalar_t*>(a.keys), a.trig,
+                                                       a.norm_w, a.Hkv, a.N, a.ks_b, a.ks_h, a.ks_n);
+  return launched();
 }
 
 template <typename scalar_t, int D, bool kInterleaved>
-void launch_fast_g(int64_t G, at::Tensor& out, const at::Tensor& keys, const at::Tensor& trig,
-                   const at::Tensor& norm_w, cudaStream_t stream, int sms) {
-  switch (G) {
-    case 1: return launch_fast<scalar_t, D, 1, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    case 2: return launch_fast<scalar_t, D, 2, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    case 3: return launch_fast<scalar_t, D, 3, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    case 4: return launch_fast<scalar_t, D, 4, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    case 5: return launch_fast<scalar_t, D, 5, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    case 6: return launch_fast<scalar_t, D, 6, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    case 7: return launch_fast<scalar_t, D, 7, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    case 8: return launch_fast<scalar_t, D, 8, kInterleaved>(out, keys, trig, norm_w, stream, sms);
-    default: TORCH_CHECK(false, "score_keys fast path: unsupported group size ", G);
+cudaError_t launch_fast_g(const ScoreKeysArgs& a, int sms, cudaStream_t stream) {
+  switch (a.G) {
+    case 1: return launch_fast<scalar_t, D, 1, kInterleaved>(a, sms, stream);
+    case 2: return launch_fast<scalar_t, D, 2, kInterleaved>(a, sms, stream);
+    case 3: return launch_fast<scalar_t, D, 3, kInterleaved>(a, sms, stream);
+    case 4: return launch_fast<scalar_t, D, 4, kInterleaved>(a, sms, stream);
+    case 5: return launch_fast<scalar_t, D, 5, kInterleaved>(a, sms, stream);
+    case 6: return launch_fast<scalar_t, D, 6, kInterleaved>(a, sms, stream);
+    case 7: return launch_fast<scalar_t, D, 7, kInterleaved>(a, sms, stream);
+    case 8: return launch_fast<scalar_t, D, 8, kInterleaved>(a, sms, stream);
+    default: return cudaErrorInvalidValue;  // fast_path_applies admits G in [1, 8] only
   }
 }
 
 // The fast path's preconditions, all checked in bytes: 4-element vector loads need the base pointer and every
 // key stride to be multiples of 4 elements.
-bool fast_path_applies(const at::Tensor& keys, int64_t O, int64_t G, int64_t rotary_dim) {
-  const int64_t D = keys.size(3), es = keys.element_size(), vec = 4 * es;
-  return (D == 64 || D == 128) && rotary_dim == D && O == 1 && G >= 1 && G <= 8 &&
-         reinterpret_cast<uintptr_t>(keys.data_ptr()) % vec == 0 && (keys.stride(0) * es) % vec == 0 &&
-         (keys.stride(1) * es) % vec == 0 && (keys.stride(2) * es) % vec == 0;
+bool fast_path_applies(const ScoreKeysArgs& a) {
+  const int64_t es = a.key_type == KeyType::kFloat32 ? 4 : 2, vec = 4 * es;
+  return (a.D == 64 || a.D == 128) && a.rotary_dim == a.D && a.O == 1 && a.G >= 1 && a.G <= 8 &&
+         reinterpret_cast<uintptr_t>(a.keys) % vec == 0 && (a.ks_b * es) % vec == 0 && (a.ks_h * es) % vec == 0 &&
+         (a.ks_n * es) % vec == 0;
+}
+
+template <typename scalar_t>
+cudaError_t launch_generic(const ScoreKeysArgs& a, int64_t max_smem_optin, cudaStream_t stream) {
+  const int64_t half = a.rotary_dim / 2;
+  const int64_t key_bytes = score_keys_tile_bytes(a.D, a.rotary_dim);
+  const int64_t head_bytes = score_keys_head_bytes(a.D, a.O, a.rotary_dim);
+  // Query heads per launch: as many as fit, spread evenly over the fewest launches (keys are re-read per launch).
+  // The host entry has checked that one head fits.
+  const int64_t fit = std::max<int64_t>(1, std::min<int64_t>(a.G, (max_smem_optin - key_bytes) / head_bytes));
+  const int64_t launches = (a.G + fit - 1) / fit, per_launch = (a.G + launches - 1) / launches;
+  const int64_t smem = key_bytes + per_launch * head_bytes;
+  const dim3 grid((a.N + kTileKeys - 1) / kTileKeys, a.B * a.Hkv);
+  auto kernel = score_keys_generic_kernel<scalar_t>;
+  if (smem > 48 * 1024) {
+    if (const cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)))
+      return err;
+  }
+  for (int64_t h0 = 0; h0 < a.G; h0 += per_launch) {
+    const int64_t gs = std::min<int64_t>(per_launch, a.G - h0);
+    kernel<<<grid, kThreads, key_bytes + gs * head_bytes, stream>>>(
+        a.out, static_cast<const scalar_t*>(a.keys), a.trig, a.norm_w, a.Hkv, a.N, (int)a.D, (int)a.G, (int)h0,
+        (int)gs, (int)a.O, (int)half, a.interleaved, a.ks_b, a.ks_h, a.ks_n);
+    if (const cudaError_t err = launched()) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
+
+cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_optin, cudaStream_t stream) {
+  if (a.B * a.Hkv * a.G * a.N == 0) return cudaSuccess;
+  if (fast_path_applies(a)) {
+    return with_key_type(a.key_type, [&](auto tag) {
+      using scalar_t = decltype(tag);
+      if (a.D == 128)
+        return a.interleaved ? launch_fast_g<scalar_t, 128, true>(a, sms, stream)
+                             : launch_fast_g<scalar_t, 128, false>(a, sms, stream);
+      return a.interleaved ? launch_fast_g<scalar_t, 64, true>(a, sms, stream)
+                           : launch_fast_g<scalar_t, 64, false>(a, sms, stream);
+    });
+  }
+  return with_key_type(a.key_type, [&](auto tag) {
+    return launch_generic<decltype(tag)>(a, max_smem_optin, stream);
+  });
+}
+
 }  // namespace cuda
 }  // namespace triattention
-
-using namespace triattention::cuda;
-
-void score_keys(at::Tensor& out, at::Tensor const& keys, at::Tensor const& trig_weights,
-                at::Tensor const& norm_weights, int64_t rotary_dim, bool interleaved) {
-  triattention::checks::score_keys(out, keys, trig_weights, norm_weights, rotary_dim, c10::DeviceType::CUDA);
-  const int64_t B = keys.size(0), Hkv = keys.size(1), N = keys.size(2), D = keys.size(3);
-  const int64_t Hq = trig_weights.size(1), O = trig_weights.size(2), G = Hq / Hkv;
-  TORCH_CHECK(B * Hkv <= 65535, "score_keys: B * Hkv must be <= 65535 on CUDA, got ", B * Hkv);
-  if (out.numel() == 0) return;
-  const auto device = keys.device();
-  const c10::cuda::OptionalCUDAGuard device_guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
-
-  if (fast_path_applies(keys, O, G, rotary_dim)) {
-    int sms = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
-    auto launch = [&](auto tag) {
-      using scalar_t = decltype(tag);
-      if (D == 128) {
-        interleaved ? launch_fast_g<scalar_t, 128, true>(G, out, keys, trig_weights, norm_weights, stream, sms)
-                    : launch_fast_g<scalar_t, 128, false>(G, out, keys, trig_weights, norm_weights, stream, sms);
-      } else {
-        interleaved ? launch_fast_g<scalar_t, 64, true>(G, out, keys, trig_weights, norm_weights, stream, sms)
-                    : launch_fast_g<scalar_t, 64, false>(G, out, keys, trig_weights, norm_weights, stream, sms);
-      }
-    };
-    triattention::checks::with_key_type(keys.scalar_type(), launch);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
-  }
-
-  const int64_t half = rotary_dim / 2, F = D + half;
-  const int64_t key_bytes = sizeof(float) * kTileKeys * (F + 1), head_bytes = sizeof(float) * O * F;
-  int max_smem = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device.index()));
-  TORCH_CHECK(key_bytes + head_bytes <= max_smem, "score_keys needs ", key_bytes + head_bytes,
-              " bytes of shared memory for one query head (O=", O, ", D=", D, "), device allows ", max_smem);
-  // Query heads per launch: as many as fit, spread evenly over the fewest launches (keys are re-read per launch).
-  const int64_t fit = std::min<int64_t>(G, (max_smem - key_bytes) / head_bytes);
-  const int64_t launches = (G + fit - 1) / fit, per_launch = (G + launches - 1) / launches;
-  const int64_t smem = key_bytes + per_launch * head_bytes;
-  const dim3 grid((N + kTileKeys - 1) / kTileKeys, B * Hkv);
-  auto launch = [&](auto tag) {
-    using scalar_t = decltype(tag);
-    auto kernel = score_keys_generic_kernel<scalar_t>;
-    if (smem > 48 * 1024)
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    for (int64_t h0 = 0; h0 < G; h0 += per_launch) {
-      const int64_t gs = std::min<int64_t>(per_launch, G - h0);
-      kernel<<<grid, kThreads, key_bytes + gs * head_bytes, stream>>>(
-          out.data_ptr<float>(), keys.data_ptr<scalar_t>(), trig_weights.data_ptr<float>(),
-          norm_weights.data_ptr<float>(), Hkv, N, (int)D, (int)G, (int)h0, (int)gs, (int)O, (int)half, interleaved,
-          keys.stride(0), keys.stride(1), keys.stride(2));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  };
-  triattention::checks::with_key_type(keys.scalar_type(), launch);  // each launch is checked in the loop
-}

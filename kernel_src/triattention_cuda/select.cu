@@ -10,6 +10,7 @@ namespace {
 
 constexpr int kPerThread = 8;
 constexpr int kChunk = kThreads * kPerThread;  // scores per block
+static_assert(kChunk == kSelectChunk, "launch.h sizes the workspaces with kSelectChunk");
 constexpr int kGroups = kThreads / kLaneGroup;
 
 // Total of one row's per-chunk partials, computed by one 32-lane group. The order is fixed, so every block that
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kThreads)
 // row's global histogram; the last block of the row to finish (atomic ticket) picks the bin. Then a count pass
 // and a write pass: kept = keys > T plus the `need` lowest-indexed keys == T, written in index order.
 
-constexpr int kPasses = 4;
+constexpr int kPasses = kTopkPasses;
 
 struct TopkState {
   uint32_t prefix;    // bits of T found so far
@@ -275,69 +276,46 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 }  // namespace
-}  // namespace cuda
-}  // namespace triattention
 
-using namespace triattention::cuda;
-
-void zscore_group_reduce(at::Tensor& out, at::Tensor const& scores, at::Tensor const& candidates,
-                         int64_t group_size, bool use_max) {
-  triattention::checks::zscore_group_reduce(out, scores, candidates, group_size, c10::DeviceType::CUDA);
-  const int64_t B = scores.size(0), Hq = scores.size(1), N = scores.size(2), Hkv = Hq / group_size;
-  TORCH_CHECK(B * Hq <= 65535, "zscore_group_reduce: B * Hq must be <= 65535 on CUDA, got ", B * Hq);
-  if (out.numel() == 0) return;
-  const auto device = scores.device();
-  const c10::cuda::OptionalCUDAGuard device_guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
-  // Allocated on the current stream by the caching allocator: no host sync, no cudaMalloc in steady state.
-  const at::Tensor sums = at::empty({2, B * Hq, chunks}, scores.options().dtype(at::kDouble));
-  const at::Tensor counts = at::empty({B, chunks}, scores.options().dtype(at::kLong));
-  double* part_sum = sums.data_ptr<double>();
-  double* part_sq = part_sum + B * Hq * chunks;
-  int64_t* part_count = counts.data_ptr<int64_t>();
-  const float* s = scores.data_ptr<float>();
-  const bool* c = candidates.data_ptr<bool>();
-  zscore_sum_kernel<<<dim3(chunks, B * Hq), kThreads, 0, stream>>>(part_sum, part_count, s, c, Hq, N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  zscore_sqdev_kernel<<<dim3(chunks, B * Hq), kThreads, 0, stream>>>(part_sq, part_sum, part_count, s, c, Hq, N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const size_t smem = 2 * sizeof(float) * group_size;
-  TORCH_CHECK(smem <= 32 * 1024, "zscore_group_reduce: group_size ", group_size, " too large");
-  zscore_reduce_kernel<<<dim3(chunks, B * Hkv), kThreads, smem, stream>>>(
-      out.data_ptr<float>(), part_sum, part_sq, part_count, s, c, Hkv, N, (int)group_size, use_max);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+cudaError_t launch_zscore_group_reduce(const ZscoreArgs& a, cudaStream_t stream) {
+  const int64_t Hkv = a.Hq / a.group_size, chunks = select_chunks(a.N);
+  if (a.B * Hkv * a.N == 0) return cudaSuccess;
+  double* part_sq = a.part_sum + a.B * a.Hq * chunks;
+  zscore_sum_kernel<<<dim3(chunks, a.B * a.Hq), kThreads, 0, stream>>>(a.part_sum, a.part_count, a.scores,
+                                                                      a.candidates, a.Hq, a.N);
+  if (const cudaError_t err = launched()) return err;
+  zscore_sqdev_kernel<<<dim3(chunks, a.B * a.Hq), kThreads, 0, stream>>>(part_sq, a.part_sum, a.part_count,
+                                                                        a.scores, a.candidates, a.Hq, a.N);
+  if (const cudaError_t err = launched()) return err;
+  const size_t smem = 2 * sizeof(float) * a.group_size;
+  zscore_reduce_kernel<<<dim3(chunks, a.B * Hkv), kThreads, smem, stream>>>(
+      a.out, a.part_sum, part_sq, a.part_count, a.scores, a.candidates, Hkv, a.N, (int)a.group_size, a.use_max);
+  return launched();
 }
 
-void select_topk(at::Tensor& out, at::Tensor const& scores, int64_t k) {
-  triattention::checks::select_topk(out, scores, k, c10::DeviceType::CUDA);
-  const int64_t R = scores.size(0), N = scores.size(1);
-  TORCH_CHECK(N < (int64_t{1} << 31), "select_topk: N must be < 2^31 on CUDA, got ", N);
-  TORCH_CHECK(R <= 65535, "select_topk: R must be <= 65535 on CUDA, got ", R);
-  if (out.numel() == 0) return;
-  const auto device = scores.device();
-  const c10::cuda::OptionalCUDAGuard device_guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
-  // int32 workspace: [R, chunks] (gt, eq) counts first (int2, 8-byte aligned at the base), then per pass a
-  // [R, 256] histogram and an [R] ticket (both must start at zero), then [kPasses, R] states.
+cudaError_t launch_select_topk(int64_t* out, const float* scores, int64_t R, int64_t N, int64_t k, int* workspace,
+                               cudaStream_t stream) {
+  if (R * k == 0) return cudaSuccess;
+  const int64_t chunks = select_chunks(N);
+  // Workspace layout (launch.h): (gt, eq) counts first (int2, 8-byte aligned at the base), then per pass a
+  // histogram and a ticket, then the states.
   const int64_t count_ints = R * chunks * 2, hist_ints = kPasses * R * 256, ticket_ints = kPasses * R;
-  const int64_t state_ints = kPasses * R * 2;
-  const at::Tensor ws =
-      at::zeros({count_ints + hist_ints + ticket_ints + state_ints}, scores.options().dtype(at::kInt));
-  auto* chunk_counts = reinterpret_cast<int2*>(ws.data_ptr<int>());
-  int* hist = ws.data_ptr<int>() + count_ints;
+  auto* chunk_counts = reinterpret_cast<int2*>(workspace);
+  int* hist = workspace + count_ints;
   int* ticket = hist + hist_ints;
   auto* state = reinterpret_cast<TopkState*>(ticket + ticket_ints);
-  const float* s = scores.data_ptr<float>();
   const dim3 grid(chunks, R);
   for (int pass = 0; pass < kPasses; ++pass) {
-    topk_radix_kernel<<<grid, kThreads, 0, stream>>>(hist + pass * R * 256, ticket + pass * R, state, s, N, k, pass);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    topk_radix_kernel<<<grid, kThreads, 0, stream>>>(hist + pass * R * 256, ticket + pass * R, state, scores, N, k,
+                                                     pass);
+    if (const cudaError_t err = launched()) return err;
   }
   const TopkState* result = state + (kPasses - 1) * R;
-  topk_count_kernel<<<grid, kThreads, 0, stream>>>(chunk_counts, result, s, N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  topk_write_kernel<<<grid, kThreads, 0, stream>>>(out.data_ptr<int64_t>(), chunk_counts, result, s, N, k);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  topk_count_kernel<<<grid, kThreads, 0, stream>>>(chunk_counts, result, scores, N);
+  if (const cudaError_t err = launched()) return err;
+  topk_write_kernel<<<grid, kThreads, 0, stream>>>(out, chunk_counts, result, scores, N, k);
+  return launched();
 }
+
+}  // namespace cuda
+}  // namespace triattention
