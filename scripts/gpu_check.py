@@ -9,6 +9,8 @@ what it measured; each step's output goes to ``$OUT/logs/<step>.log``.
   wheels  ``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` when ``.whl/`` exists (wheels the
           GPU image lacks; scripts/fetch_gpu_wheels.sh), then /tmp/site goes first on PYTHONPATH
   build   scripts/build_cuda_variant.py for the local GPU's arch only (about a minute), into build/
+  probe   scripts/throw_probe.py: does an op's C++ error reach Python (built-in, CPU variant, CUDA variant), or
+          crash the process (then with torch's unwinder and under gdb)
   tests   pytest tests/test_compiled_ops.py -k cuda with TRIATTENTION_VARIANT_DIR = the built variant
   bench   benchmarks/bench_kernels.py --device cuda --json $OUT/bench_kernels.json
   e2e     --e2e-cmd (default: benchmarks/bench_e2e.py --device cuda --json $OUT/bench_e2e.json, skipped while
@@ -219,6 +221,16 @@ class Check:
             raise RuntimeError(f"{len(crashed)} test(s) crashed the process: {[c['test'] for c in crashed]}")
         return {"summary": summary, "s": round(time.time() - started, 1)}
 
+    def probe(self) -> dict:
+        path = self.out / "throw_probe.json"
+        cmd = [sys.executable, "scripts/throw_probe.py", "--json", str(path)] + (["--dry"] if self.args.dry else [])
+        try:
+            self.run("probe", cmd, self.args.probe_timeout_s)
+        finally:
+            if path.exists():
+                self.results["throw_probe"] = json.loads(path.read_text())
+        return {"json": str(path)}
+
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
@@ -257,6 +269,7 @@ class Check:
             self.results["steps"]["tests"] = {"ok": False, "skipped": "no variant built"}
             self.results["steps"]["bench"] = {"ok": False, "skipped": "no variant built"}
         else:
+            self.step("probe", self.probe, need_s=30)
             self.step("tests", self.tests, need_s=30)
             self.step("bench", self.bench, need_s=30)
         e2e = self.args.e2e_cmd
@@ -291,6 +304,7 @@ def main() -> int:
     parser.add_argument("--logs", type=Path, default=None, help="folder of the steps' logs (default OUT/logs)")
     parser.add_argument("--archs", nargs="+", default=None, help="CUDA archs to build (default: the local GPU's)")
     parser.add_argument("--build-timeout-s", type=float, default=240)
+    parser.add_argument("--probe-timeout-s", type=float, default=150)
     parser.add_argument("--tests-timeout-s", type=float, default=150)
     parser.add_argument("--bench-timeout-s", type=float, default=150)
     parser.add_argument("--e2e-cmd", default=None,
