@@ -11,7 +11,10 @@ CUDA: CUDA events, median of --reps calls after warm-up, L2 flushed before each 
 (from the device name: H200 4.8, H100 3.35, A100 2.0 TB/s; else the measured device-to-device copy bandwidth).
 CPU: wall clock, median, and smaller shapes unless --full.
 
-Usage: python benchmarks/bench_kernels.py [--device cpu|cuda] [--reps N] [--json PATH] [--quick] [--full]
+--tune S (repeatable, CUDA): score_keys and compact_ again under TRIATTENTION_CUDA_TUNE=S for each S (launch shapes,
+kernel_src/triattention_cuda/tuning.h), next to the built-in choice, so one GPU run compares them.
+
+Usage: python benchmarks/bench_kernels.py [--device cpu|cuda] [--reps N] [--json PATH] [--quick] [--full] [--tune S]...
 The CPU variant is built (or found up to date) with scripts/build_cpu_variant.py; on CUDA set LOCAL_KERNELS (or
 TRIATTENTION_VARIANT_DIR) to a build of scripts/build_cuda_variant.py.
 """
@@ -110,6 +113,44 @@ def row(op, shape, ms, ref_ms, nbytes, peak):
     return r
 
 
+def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev) -> list:
+    """score_keys and compact_ under each TRIATTENTION_CUDA_TUNE setting ("" = the built-in launch shapes)."""
+    rows, old = [], os.environ.get("TRIATTENTION_CUDA_TUNE")
+    cases = []
+    for b, n in score_shapes:
+        keys = torch.randn(b, HKV, n, D, generator=gen).to(torch.bfloat16).to(dev)
+        trig, norm = torch.randn(b, HQ, 1, D, generator=gen).to(dev), torch.randn(b, HQ, D // 2, generator=gen).to(dev)
+        scores = torch.empty(b, HQ, n, device=dev)
+        nbytes = keys.numel() * keys.element_size() + scores.numel() * 4
+        cases.append(("score_keys", {"B": b, "N": n}, nbytes,
+                      lambda a=(scores, keys, trig, norm): ops.score_keys(*a, D, False)))
+    c, k = 2176, 2048
+    for b in compact_bs:
+        caches = [torch.randn(b, HKV, c, D, generator=gen).to(torch.bfloat16).to(dev) for _ in range(2)]
+        idx = torch.stack([torch.randperm(c, generator=gen)[:k].sort().values for _ in range(b * HKV)])
+        idx = idx.view(b, HKV, k).to(dev)
+        cases.append(("compact_", {"B": b, "K": k}, 2 * 2 * b * HKV * k * D * 2,
+                      lambda a=(caches, idx): ops.compact_(*a)))
+    try:
+        for op, shape, nbytes, fn in cases:
+            for setting in [""] + list(settings):
+                os.environ["TRIATTENTION_CUDA_TUNE"] = setting
+                ms = timer.ms(fn)
+                r = {"op": op, **shape, "tune": setting or "built-in", "ms": round(ms, 4),
+                     "GBps": round(nbytes / (ms / 1e3) / 1e9, 1)}
+                if peak:
+                    r["pct_hbm"] = round(100 * nbytes / (ms / 1e3) / peak, 1)
+                print(f"tune {op:<11} {str(shape):<22} {r['tune']:<40} {ms:9.4f} ms {r['GBps']:8.1f} GB/s"
+                      + (f" {r['pct_hbm']:5.1f}%" if peak else ""), flush=True)
+                rows.append(r)
+    finally:
+        if old is None:
+            os.environ.pop("TRIATTENTION_CUDA_TUNE", None)
+        else:
+            os.environ["TRIATTENTION_CUDA_TUNE"] = old
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,6 +159,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (checks the script, not the speed)")
     parser.add_argument("--full", action="store_true", help="the CUDA shapes on the CPU too")
     parser.add_argument("--no-flush", action="store_true", help="do not flush L2 between timed calls")
+    parser.add_argument("--tune", action="append", default=[],
+                        help="a TRIATTENTION_CUDA_TUNE setting to compare (repeatable; CUDA launch shapes)")
     args = parser.parse_args()
     dev = args.device
     reps = args.reps or (20 if dev == "cuda" else 3)
@@ -179,6 +222,9 @@ def main() -> None:
         nbytes = 2 * 2 * b * HKV * k * D * 2
         results["compact"].append(row("compact_", {"B": b, "H": HKV, "C": c, "K": k}, ms, ref_ms, nbytes, peak))
         save()
+    if args.tune:
+        tune_shapes = [s for s in score_shapes if s[1] >= 32768] or score_shapes
+        out["tuning"] = sweep(ops, timer, args.tune, peak, tune_shapes, compact_bs, gen, dev)
     save()
 
 

@@ -12,7 +12,8 @@ what it measured; each step's output goes to ``$OUT/logs/<step>.log``.
   probe   scripts/throw_probe.py: does an op's C++ error reach Python (built-in, CPU variant, CUDA variant), or
           crash the process (then with torch's unwinder and under gdb)
   tests   pytest tests/test_compiled_ops.py -k cuda with TRIATTENTION_VARIANT_DIR = the built variant
-  bench   benchmarks/bench_kernels.py --device cuda --json $OUT/bench_kernels.json
+  bench   benchmarks/bench_kernels.py --device cuda --json $OUT/bench_kernels.json, plus the launch shapes of
+          BENCH_TUNE (--tune) next to the built-in ones
   e2e     --e2e-cmd (default: benchmarks/bench_e2e.py --device cuda --json $OUT/bench_e2e.json, skipped while
           that file does not exist)
   extra   every --extra-cmd, in order
@@ -42,6 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "triattention-community/triattention"
 SITE = Path("/tmp/site")
 DEFAULT_E2E = "{python} benchmarks/bench_e2e.py --device {device} --json {out}/bench_e2e.json"
+# Launch shapes the bench step compares with the built-in ones (TRIATTENTION_CUDA_TUNE, tuning.h): seconds of GPU.
+BENCH_TUNE = ["score_waves=2", "score_waves=4", "compact_slice=32", "compact_slice=128", "compact_slice=256",
+              "compact_pipeline=1", "compact_slice=128,compact_pipeline=1"]
 
 
 class Check:
@@ -237,6 +241,7 @@ class Check:
     def bench(self) -> dict:
         path = self.out / "bench_kernels.json"
         cmd = [sys.executable, "benchmarks/bench_kernels.py", "--device", self.device, "--json", str(path)]
+        cmd += [a for t in BENCH_TUNE for a in ("--tune", t)]
         if self.args.dry:
             cmd.append("--quick")
         try:

@@ -68,6 +68,37 @@ def test_device_code_includes_no_torch_headers():
         assert "TORCH_CHECK" not in text and "throw " not in text, path.name
 
 
+def test_cuda_tuning_settings_parse(tmp_path):
+    """TRIATTENTION_CUDA_TUNE (kernel_src/triattention_cuda/tuning.h) accepts the documented settings and names the
+    bad part otherwise; compiled with the host compiler alone, as the header promises."""
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx!r})")
+    src = tmp_path / "t.cpp"
+    src.write_text('''#include <cstdio>
+#include "triattention_cuda/tuning.h"
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    triattention::cuda::Tuning t;
+    const std::string err = triattention::cuda::parse_tuning(argv[i], t);
+    std::printf("%d %d %d|%s\\n", t.score_waves, t.compact_slice, t.compact_pipeline, err.c_str());
+  }
+}
+''')
+    exe = tmp_path / "t"
+    subprocess.run([cxx, "-std=c++17", "-Wall", "-Werror", f"-I{ROOT / 'kernel_src'}", str(src), "-o", str(exe)],
+                   check=True)
+    cases = ["", "score_waves=2,compact_slice=128,compact_pipeline=1", "compact_slice=96", "score_waves=",
+             "waves=2", "compact_pipeline=1,"]
+    lines = subprocess.run([str(exe), *cases], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert lines[0] == "0 0 0|"
+    assert lines[1] == "2 128 1|"
+    assert lines[2].startswith("0 0 0|TRIATTENTION_CUDA_TUNE: bad setting 'compact_slice=96' (expected")
+    assert "bad setting 'score_waves='" in lines[3]
+    assert "bad setting 'waves=2'" in lines[4]
+    assert lines[5] == "0 0 1|"
+
+
 def test_math_header_compiles_without_cuda(tmp_path):
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:

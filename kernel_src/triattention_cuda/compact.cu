@@ -11,8 +11,8 @@
 //
 // Where the parallelism comes from. Rows of different (b, h) are independent, and so are disjoint column ranges of
 // the same rows: the argument above holds for each column range on its own. So each block owns one
-// (b, h, column slice of 32 or 64 bytes, cache): B * H * slices * caches blocks, each streaming K rows
-// of its slice with up to kThreads * kUnitsPerThread vector loads in flight. Nothing is split along j, where
+// (b, h, column slice of 32 or 64 bytes, cache) (tuning.h may choose other widths): B * H * slices * caches blocks,
+// each streaming K rows of its slice with up to kThreads * kUnitsPerThread vector loads in flight. Nothing is split along j, where
 // blocks would need to order their reads before other blocks' writes.
 #include "common.cuh"
 
@@ -41,37 +41,72 @@ struct CompactBatch {
   SlicedCache caches[kMaxCachesPerLaunch];
 };
 
-template <typename vec_t>
-__device__ void compact_slice(const SlicedCache& c, const int64_t* __restrict__ idx, int64_t b, int64_t h,
-                              int slice, int64_t K) {
-  const int64_t col0 = static_cast<int64_t>(slice) * c.slice_units;
-  const int64_t cols = min64(c.slice_units, c.row_units - col0);
-  // A slice is at most 64 bytes, so at most 64 <= kTileUnits units wide, so a tile holds >= 1 whole rows of it.
-  constexpr int64_t kTileUnits = static_cast<int64_t>(kThreads) * kUnitsPerThread;
-  const int64_t tile_rows = kTileUnits / cols;
-  char* base = c.base + b * c.stride_b + h * c.stride_h + col0 * static_cast<int64_t>(sizeof(vec_t));
-  for (int64_t j0 = 0; j0 < K; j0 += tile_rows) {
-    const int64_t units = min64(tile_rows, K - j0) * cols;
-    vec_t buf[kUnitsPerThread];
-    int64_t dst[kUnitsPerThread];
+// One tile's sources: unit i of this thread (tile unit threadIdx.x + i * kThreads) into buf[i], its destination
+// offset into dst[i] (-1: nothing to move).
+template <typename vec_t, int kUnits>
+__device__ __forceinline__ void load_tile(const SlicedCache& c, const int64_t* __restrict__ idx, const char* base,
+                                          int64_t cols, int64_t j0, int64_t units, vec_t (&buf)[kUnits],
+                                          int64_t (&dst)[kUnits]) {
 #pragma unroll
-    for (int i = 0; i < kUnitsPerThread; ++i) {
-      dst[i] = -1;
-      const int64_t u = threadIdx.x + static_cast<int64_t>(i) * kThreads;
-      if (u >= units) continue;
-      const int64_t j = j0 + u / cols, col = u % cols;
-      const int64_t src = idx[j];
-      if (src <= j || src >= c.capacity) continue;  // identity row, or outside the contract (src < j)
-      buf[i] = *reinterpret_cast<const vec_t*>(base + src * c.stride_c + col * static_cast<int64_t>(sizeof(vec_t)));
-      dst[i] = j * c.stride_c + col * static_cast<int64_t>(sizeof(vec_t));
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kUnitsPerThread; ++i)
-      if (dst[i] >= 0) *reinterpret_cast<vec_t*>(base + dst[i]) = buf[i];
+  for (int i = 0; i < kUnits; ++i) {
+    dst[i] = -1;
+    const int64_t u = threadIdx.x + static_cast<int64_t>(i) * kThreads;
+    if (u >= units) continue;
+    const int64_t j = j0 + u / cols, col = u % cols;
+    const int64_t src = idx[j];
+    if (src <= j || src >= c.capacity) continue;  // identity row, or outside the contract (src < j)
+    buf[i] = *reinterpret_cast<const vec_t*>(base + src * c.stride_c + col * static_cast<int64_t>(sizeof(vec_t)));
+    dst[i] = j * c.stride_c + col * static_cast<int64_t>(sizeof(vec_t));
   }
 }
 
+template <typename vec_t, int kUnits>
+__device__ __forceinline__ void store_tile(char* base, const vec_t (&buf)[kUnits], const int64_t (&dst)[kUnits]) {
+#pragma unroll
+  for (int i = 0; i < kUnits; ++i)
+    if (dst[i] >= 0) *reinterpret_cast<vec_t*>(base + dst[i]) = buf[i];
+}
+
+// kPipelined: two tiles of half the units in flight, the next tile's loads issued before this tile's stores. That
+// order is safe too: the next tile reads rows at or after its own start, which this tile's stores never reach.
+template <typename vec_t, bool kPipelined>
+__device__ void compact_slice(const SlicedCache& c, const int64_t* __restrict__ idx, int64_t b, int64_t h,
+                              int slice, int64_t K) {
+  constexpr int kUnits = kPipelined ? kUnitsPerThread / 2 : kUnitsPerThread;
+  const int64_t col0 = static_cast<int64_t>(slice) * c.slice_units;
+  const int64_t cols = min64(c.slice_units, c.row_units - col0);
+  // A slice is at most 1024 bytes, so at most 1024 <= kTileUnits units wide: a tile holds >= 1 whole rows of it.
+  constexpr int64_t kTileUnits = static_cast<int64_t>(kThreads) * kUnits;
+  const int64_t tile_rows = kTileUnits / cols;
+  char* base = c.base + b * c.stride_b + h * c.stride_h + col0 * static_cast<int64_t>(sizeof(vec_t));
+  auto units_at = [&](int64_t j0) { return min64(tile_rows, K - j0) * cols; };
+  vec_t buf[kUnits];
+  int64_t dst[kUnits];
+  if constexpr (!kPipelined) {
+    for (int64_t j0 = 0; j0 < K; j0 += tile_rows) {
+      load_tile(c, idx, base, cols, j0, units_at(j0), buf, dst);
+      __syncthreads();  // every thread holds its sources of this tile: the tile's rows may be overwritten
+      store_tile(base, buf, dst);
+    }
+  } else {
+    // Two named register buffers (a runtime index into one array would put them in local memory).
+    vec_t next[kUnits];
+    int64_t next_dst[kUnits];
+    load_tile(c, idx, base, cols, 0, units_at(0), buf, dst);
+    for (int64_t j0 = 0; j0 < K; j0 += 2 * tile_rows) {  // every condition below is uniform over the block
+      __syncthreads();
+      const int64_t j1 = j0 + tile_rows;
+      if (j1 < K) load_tile(c, idx, base, cols, j1, units_at(j1), next, next_dst);
+      store_tile(base, buf, dst);
+      if (j1 >= K) break;
+      __syncthreads();
+      if (j1 + tile_rows < K) load_tile(c, idx, base, cols, j1 + tile_rows, units_at(j1 + tile_rows), buf, dst);
+      store_tile(base, next, next_dst);
+    }
+  }
+}
+
+template <bool kPipelined>
 __global__ void __launch_bounds__(kThreads)
     compact_kernel(CompactBatch batch, const int64_t* __restrict__ indices,  // [B, H, K]
                    int64_t H, int64_t K, int max_slices) {
@@ -82,11 +117,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = bh / H, h = bh % H;
   const int64_t* idx = indices + bh * K;
   switch (c.vec_bytes) {
-    case 16: compact_slice<uint4>(c, idx, b, h, slice, K); break;
-    case 8: compact_slice<uint2>(c, idx, b, h, slice, K); break;
-    case 4: compact_slice<uint32_t>(c, idx, b, h, slice, K); break;
-    case 2: compact_slice<uint16_t>(c, idx, b, h, slice, K); break;
-    default: compact_slice<uint8_t>(c, idx, b, h, slice, K); break;
+    case 16: compact_slice<uint4, kPipelined>(c, idx, b, h, slice, K); break;
+    case 8: compact_slice<uint2, kPipelined>(c, idx, b, h, slice, K); break;
+    case 4: compact_slice<uint32_t, kPipelined>(c, idx, b, h, slice, K); break;
+    case 2: compact_slice<uint16_t, kPipelined>(c, idx, b, h, slice, K); break;
+    default: compact_slice<uint8_t, kPipelined>(c, idx, b, h, slice, K); break;
   }
 }
 
@@ -100,11 +135,12 @@ int vec_bytes_for(std::initializer_list<int64_t> values) {
 }  // namespace
 
 cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
-                           int64_t H, int64_t K, int sms, cudaStream_t stream) {
+                           int64_t H, int64_t K, int sms, const Tuning& tuning, cudaStream_t stream) {
   if (n_caches == 0 || B * H * K == 0) return cudaSuccess;
   // 64-byte slices keep whole DRAM bursts per row; with few (b, h, cache) rows, 32-byte slices double the blocks.
   const int64_t row_sets = B * H * n_caches;
-  const int slice_bytes = row_sets * 4 >= 2 * static_cast<int64_t>(sms) ? 64 : 32;
+  const int slice_bytes =
+      tuning.compact_slice > 0 ? tuning.compact_slice : (row_sets * 4 >= 2 * static_cast<int64_t>(sms) ? 64 : 32);
   std::vector<SlicedCache> entries;
   for (int64_t i = 0; i < n_caches; ++i) {
     const CompactCache& c = caches[i];
@@ -123,7 +159,11 @@ cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const i
     std::copy(entries.begin() + first, entries.begin() + first + n, batch.caches);
     int max_slices = 1;
     for (size_t i = 0; i < n; ++i) max_slices = std::max(max_slices, batch.caches[i].slices);
-    compact_kernel<<<dim3(B * H * max_slices, n), kThreads, 0, stream>>>(batch, indices, H, K, max_slices);
+    const dim3 grid(B * H * max_slices, n);
+    if (tuning.compact_pipeline)
+      compact_kernel<true><<<grid, kThreads, 0, stream>>>(batch, indices, H, K, max_slices);
+    else
+      compact_kernel<false><<<grid, kThreads, 0, stream>>>(batch, indices, H, K, max_slices);
     if (const cudaError_t err = launched()) return err;
   }
   return cudaSuccess;

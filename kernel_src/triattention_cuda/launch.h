@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "tuning.h"
+
 namespace triattention {
 namespace cuda {
 
@@ -37,7 +39,8 @@ inline int64_t score_keys_head_bytes(int64_t D, int64_t O, int64_t rotary_dim) {
 }
 
 // `sms`, `max_smem_optin`: the device's multiprocessor count and opt-in shared memory per block.
-cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_optin, cudaStream_t stream);
+cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_optin, const Tuning& tuning,
+                              cudaStream_t stream);
 
 // ---- zscore_group_reduce (op 2) ----
 constexpr int64_t kSelectChunk = 2048;  // scores per block of the zscore and top-k kernels
@@ -75,7 +78,7 @@ struct CompactCache {
 };
 
 cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
-                           int64_t H, int64_t K, int sms, cudaStream_t stream);
+                           int64_t H, int64_t K, int sms, const Tuning& tuning, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace triattention

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../triattention_checks.h"
@@ -22,6 +24,14 @@ int device_attribute(cudaDeviceAttr attr, c10::DeviceIndex device) {
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device));
   return value;
+}
+
+// TRIATTENTION_CUDA_TUNE, read at every call so a benchmark can change it between calls (a getenv is ~100 ns).
+tc::Tuning tuning() {
+  tc::Tuning t;
+  const std::string error = tc::parse_tuning(std::getenv("TRIATTENTION_CUDA_TUNE"), t);
+  TORCH_CHECK(error.empty(), error, "; unset it for the built-in launch shapes");
+  return t;
 }
 
 tc::KeyType key_type(at::ScalarType dtype) {
@@ -56,7 +66,7 @@ void score_keys(at::Tensor& out, at::Tensor const& keys, at::Tensor const& trig_
                                B, Hkv, N, D, Hq / Hkv, O, rotary_dim, interleaved,
                                keys.stride(0), keys.stride(1), keys.stride(2)};
   C10_CUDA_CHECK(tc::launch_score_keys(args, device_attribute(cudaDevAttrMultiProcessorCount, index), max_smem,
-                                       c10::cuda::getCurrentCUDAStream(index)));
+                                       tuning(), c10::cuda::getCurrentCUDAStream(index)));
 }
 
 void zscore_group_reduce(at::Tensor& out, at::Tensor const& scores, at::Tensor const& candidates,
@@ -103,6 +113,6 @@ void compact_(at::TensorList caches, at::Tensor const& indices) {
                      c.size(2), c.size(3) * es});
   }
   C10_CUDA_CHECK(tc::launch_compact(views.data(), static_cast<int64_t>(views.size()), indices.data_ptr<int64_t>(),
-                                    B, H, K, device_attribute(cudaDevAttrMultiProcessorCount, index),
+                                    B, H, K, device_attribute(cudaDevAttrMultiProcessorCount, index), tuning(),
                                     c10::cuda::getCurrentCUDAStream(index)));
 }

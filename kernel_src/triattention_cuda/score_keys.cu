@@ -268,17 +268,17 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename scalar_t, int D, int G, bool kInterleaved>
-cudaError_t launch_fast(const ScoreKeysArgs& a, int sms, cudaStream_t stream) {
+cudaError_t launch_fast(const ScoreKeysArgs& a, int sms, int waves, cudaStream_t stream) {
   constexpr int U = G > 4 ? 2 : 4;
   constexpr int kKeysPerBlockStep = kThreads / (D / 8) * U;
   auto kernel = score_keys_fast_kernel<scalar_t, D, G, kInterleaved>;
-  // One wave of resident blocks spread over the (b, kv head) rows; each block then loops over its row, so its
-  // weight loads are paid once for many keys and no second, partial wave is left at the end.
+  // One wave of resident blocks (by default) spread over the (b, kv head) rows; each block then loops over its row,
+  // so its weight loads are paid once for many keys and no second, partial wave is left at the end.
   int resident = 0;
   if (const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, 0))
     return err;
   const int64_t rows = a.B * a.Hkv;
-  const int64_t per_row = std::max<int64_t>(1, static_cast<int64_t>(std::max(resident, 1)) * sms / rows);
+  const int64_t per_row = std::max<int64_t>(1, static_cast<int64_t>(std::max(resident, 1)) * sms * waves / rows);
   const int64_t blocks = std::min<int64_t>((a.N + kKeysPerBlockStep - 1) / kKeysPerBlockStep, per_row);
   kernel<<<dim3(blocks, rows), kThreads, 0, stream>>>(a.out, static_cast<const scalar_t*>(a.keys), a.trig,
                                                        a.norm_w, a.Hkv, a.N, a.ks_b, a.ks_h, a.ks_n);
@@ -286,16 +286,16 @@ cudaError_t launch_fast(const ScoreKeysArgs& a, int sms, cudaStream_t stream) {
 }
 
 template <typename scalar_t, int D, bool kInterleaved>
-cudaError_t launch_fast_g(const ScoreKeysArgs& a, int sms, cudaStream_t stream) {
+cudaError_t launch_fast_g(const ScoreKeysArgs& a, int sms, int waves, cudaStream_t stream) {
   switch (a.G) {
-    case 1: return launch_fast<scalar_t, D, 1, kInterleaved>(a, sms, stream);
-    case 2: return launch_fast<scalar_t, D, 2, kInterleaved>(a, sms, stream);
-    case 3: return launch_fast<scalar_t, D, 3, kInterleaved>(a, sms, stream);
-    case 4: return launch_fast<scalar_t, D, 4, kInterleaved>(a, sms, stream);
-    case 5: return launch_fast<scalar_t, D, 5, kInterleaved>(a, sms, stream);
-    case 6: return launch_fast<scalar_t, D, 6, kInterleaved>(a, sms, stream);
-    case 7: return launch_fast<scalar_t, D, 7, kInterleaved>(a, sms, stream);
-    case 8: return launch_fast<scalar_t, D, 8, kInterleaved>(a, sms, stream);
+    case 1: return launch_fast<scalar_t, D, 1, kInterleaved>(a, sms, waves, stream);
+    case 2: return launch_fast<scalar_t, D, 2, kInterleaved>(a, sms, waves, stream);
+    case 3: return launch_fast<scalar_t, D, 3, kInterleaved>(a, sms, waves, stream);
+    case 4: return launch_fast<scalar_t, D, 4, kInterleaved>(a, sms, waves, stream);
+    case 5: return launch_fast<scalar_t, D, 5, kInterleaved>(a, sms, waves, stream);
+    case 6: return launch_fast<scalar_t, D, 6, kInterleaved>(a, sms, waves, stream);
+    case 7: return launch_fast<scalar_t, D, 7, kInterleaved>(a, sms, waves, stream);
+    case 8: return launch_fast<scalar_t, D, 8, kInterleaved>(a, sms, waves, stream);
     default: return cudaErrorInvalidValue;  // fast_path_applies admits G in [1, 8] only
   }
 }
@@ -338,16 +338,18 @@ cudaError_t launch_generic(const ScoreKeysArgs& a, int64_t max_smem_optin, cudaS
 
 }  // namespace
 
-cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_optin, cudaStream_t stream) {
+cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_optin, const Tuning& tuning,
+                              cudaStream_t stream) {
   if (a.B * a.Hkv * a.G * a.N == 0) return cudaSuccess;
   if (fast_path_applies(a)) {
+    const int waves = tuning.score_waves > 0 ? tuning.score_waves : 1;
     return with_key_type(a.key_type, [&](auto tag) {
       using scalar_t = decltype(tag);
       if (a.D == 128)
-        return a.interleaved ? launch_fast_g<scalar_t, 128, true>(a, sms, stream)
-                             : launch_fast_g<scalar_t, 128, false>(a, sms, stream);
-      return a.interleaved ? launch_fast_g<scalar_t, 64, true>(a, sms, stream)
-                           : launch_fast_g<scalar_t, 64, false>(a, sms, stream);
+        return a.interleaved ? launch_fast_g<scalar_t, 128, true>(a, sms, waves, stream)
+                             : launch_fast_g<scalar_t, 128, false>(a, sms, waves, stream);
+      return a.interleaved ? launch_fast_g<scalar_t, 64, true>(a, sms, waves, stream)
+                           : launch_fast_g<scalar_t, 64, false>(a, sms, waves, stream);
     });
   }
   return with_key_type(a.key_type, [&](auto tag) {
