@@ -60,11 +60,18 @@ cudaError_t launch_zscore_group_reduce(const ZscoreArgs& a, cudaStream_t stream)
 
 // ---- select_topk (op 3) ----
 constexpr int kTopkPasses = 4;  // 8 radix bits per pass over 32-bit order keys
-// int32 workspace: [R, chunks] (gt, eq) pairs, kTopkPasses x ([R, 256] histogram, [R] ticket), [kTopkPasses, R]
-// states of two ints. It must be zeroed before the launch.
-inline int64_t topk_workspace_ints(int64_t R, int64_t N) {
-  return R * select_chunks(N) * 2 + kTopkPasses * R * 256 + kTopkPasses * R + kTopkPasses * R * 2;
-}
+// The int32 workspace, in this order: [R, chunks] (gt, eq) pairs (8-byte aligned at the base), kTopkPasses
+// [R, 256] histograms, kTopkPasses [R] tickets, [kTopkPasses, R] states of two ints. It must be zeroed before the
+// launch. The host sizes it with `total`, the launcher finds its parts with the offsets.
+struct TopkWorkspace {
+  int64_t counts, hist, ticket, state, total;  // offsets in ints, and the size
+  TopkWorkspace(int64_t R, int64_t N)
+      : counts(0),
+        hist(R * select_chunks(N) * 2),
+        ticket(hist + kTopkPasses * R * 256),
+        state(ticket + kTopkPasses * R),
+        total(state + kTopkPasses * R * 2) {}
+};
 
 cudaError_t launch_select_topk(int64_t* out, const float* scores, int64_t R, int64_t N, int64_t k, int* workspace,
                                cudaStream_t stream);

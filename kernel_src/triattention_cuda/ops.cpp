@@ -93,7 +93,7 @@ void select_topk(at::Tensor& out, at::Tensor const& scores, int64_t k) {
   TORCH_CHECK(R <= 65535, "select_topk: R must be <= 65535 on CUDA, got ", R);
   if (out.numel() == 0) return;
   const c10::cuda::OptionalCUDAGuard device_guard(scores.device());
-  const at::Tensor ws = at::zeros({tc::topk_workspace_ints(R, N)}, scores.options().dtype(at::kInt));
+  const at::Tensor ws = at::zeros({tc::TopkWorkspace(R, N).total}, scores.options().dtype(at::kInt));
   C10_CUDA_CHECK(tc::launch_select_topk(out.data_ptr<int64_t>(), scores.data_ptr<float>(), R, N, k,
                                         ws.data_ptr<int>(),
                                         c10::cuda::getCurrentCUDAStream(scores.device().index())));

@@ -297,13 +297,11 @@ cudaError_t launch_select_topk(int64_t* out, const float* scores, int64_t R, int
                                cudaStream_t stream) {
   if (R * k == 0) return cudaSuccess;
   const int64_t chunks = select_chunks(N);
-  // Workspace layout (launch.h): (gt, eq) counts first (int2, 8-byte aligned at the base), then per pass a
-  // histogram and a ticket, then the states.
-  const int64_t count_ints = R * chunks * 2, hist_ints = kPasses * R * 256, ticket_ints = kPasses * R;
-  auto* chunk_counts = reinterpret_cast<int2*>(workspace);
-  int* hist = workspace + count_ints;
-  int* ticket = hist + hist_ints;
-  auto* state = reinterpret_cast<TopkState*>(ticket + ticket_ints);
+  const TopkWorkspace layout(R, N);
+  auto* chunk_counts = reinterpret_cast<int2*>(workspace + layout.counts);
+  int* hist = workspace + layout.hist;
+  int* ticket = workspace + layout.ticket;
+  auto* state = reinterpret_cast<TopkState*>(workspace + layout.state);
   const dim3 grid(chunks, R);
   for (int pass = 0; pass < kPasses; ++pass) {
     topk_radix_kernel<<<grid, kThreads, 0, stream>>>(hist + pass * R * 256, ticket + pass * R, state, scores, N, k,
