@@ -113,23 +113,37 @@ def row(op, shape, ms, ref_ms, nbytes, peak):
     return r
 
 
+def score_inputs(b, n, gen, dev):
+    """keys [b, 8, n, 128] bf16, trig and norm weights of 32 query heads, and the fp32 output."""
+    keys = torch.randn(b, HKV, n, D, generator=gen).to(torch.bfloat16).to(dev)
+    trig = torch.randn(b, HQ, 1, D, generator=gen).to(dev)
+    norm = torch.randn(b, HQ, D // 2, generator=gen).to(dev)
+    return keys, trig, norm, torch.empty(b, HQ, n, device=dev)
+
+
+COMPACT_C, COMPACT_K = 2176, 2048
+
+
+def compact_inputs(b, gen, dev):
+    """K and V [b, 8, 2176, 128] bf16 and 2048 sorted random slots per (b, h)."""
+    c, k = COMPACT_C, COMPACT_K
+    caches = [torch.randn(b, HKV, c, D, generator=gen).to(torch.bfloat16).to(dev) for _ in range(2)]
+    idx = torch.stack([torch.randperm(c, generator=gen)[:k].sort().values for _ in range(b * HKV)])
+    return caches, idx.view(b, HKV, k).to(dev)
+
+
 def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev) -> list:
     """score_keys and compact_ under each TRIATTENTION_CUDA_TUNE setting ("" = the built-in launch shapes)."""
     rows, old = [], os.environ.get("TRIATTENTION_CUDA_TUNE")
     cases = []
     for b, n in score_shapes:
-        keys = torch.randn(b, HKV, n, D, generator=gen).to(torch.bfloat16).to(dev)
-        trig, norm = torch.randn(b, HQ, 1, D, generator=gen).to(dev), torch.randn(b, HQ, D // 2, generator=gen).to(dev)
-        scores = torch.empty(b, HQ, n, device=dev)
+        keys, trig, norm, scores = score_inputs(b, n, gen, dev)
         nbytes = keys.numel() * keys.element_size() + scores.numel() * 4
         cases.append(("score_keys", {"B": b, "N": n}, nbytes,
                       lambda a=(scores, keys, trig, norm): ops.score_keys(*a, D, False)))
-    c, k = 2176, 2048
     for b in compact_bs:
-        caches = [torch.randn(b, HKV, c, D, generator=gen).to(torch.bfloat16).to(dev) for _ in range(2)]
-        idx = torch.stack([torch.randperm(c, generator=gen)[:k].sort().values for _ in range(b * HKV)])
-        idx = idx.view(b, HKV, k).to(dev)
-        cases.append(("compact_", {"B": b, "K": k}, 2 * 2 * b * HKV * k * D * 2,
+        caches, idx = compact_inputs(b, gen, dev)
+        cases.append(("compact_", {"B": b, "K": COMPACT_K}, 2 * 2 * b * HKV * COMPACT_K * D * 2,
                       lambda a=(caches, idx): ops.compact_(*a)))
     try:
         for op, shape, nbytes, fn in cases:
@@ -185,10 +199,7 @@ def main() -> None:
     score_shapes, topk_rows, topk_ns, compact_bs = SHAPES[shapes]
     gen = torch.Generator().manual_seed(0)
     for b, n in score_shapes:
-        keys = torch.randn(b, HKV, n, D, generator=gen).to(torch.bfloat16).to(dev)
-        trig = torch.randn(b, HQ, 1, D, generator=gen).to(dev)
-        norm = torch.randn(b, HQ, D // 2, generator=gen).to(dev)
-        scores = torch.empty(b, HQ, n, device=dev)
+        keys, trig, norm, scores = score_inputs(b, n, gen, dev)
         ms = timer.ms(lambda: ops.score_keys(scores, keys, trig, norm, D, False))
         ref_ms = timer.ms(lambda: ref.score_keys(keys, trig, norm, D, False))
         nbytes = keys.numel() * keys.element_size() + scores.numel() * 4
@@ -211,11 +222,9 @@ def main() -> None:
             results["select_topk"].append(row("select_topk", {"rows": rows, "N": n, "k": k}, ms, ref_ms,
                                               scores.numel() * 4, peak))
         save()
-    c, k = 2176, 2048
+    c, k = COMPACT_C, COMPACT_K
     for b in compact_bs:
-        caches = [torch.randn(b, HKV, c, D, generator=gen).to(torch.bfloat16).to(dev) for _ in range(2)]
-        idx = torch.stack([torch.randperm(c, generator=gen)[:k].sort().values for _ in range(b * HKV)])
-        idx = idx.view(b, HKV, k).to(dev)
+        caches, idx = compact_inputs(b, gen, dev)
         # Compacting again with the same indices is still valid (indices[j] >= j) and moves the same bytes.
         ms = timer.ms(lambda: ops.compact_(caches, idx))
         ref_ms = timer.ms(lambda: ref.compact_(caches, idx))

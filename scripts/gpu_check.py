@@ -225,31 +225,28 @@ class Check:
             raise RuntimeError(f"{len(crashed)} test(s) crashed the process: {[c['test'] for c in crashed]}")
         return {"summary": summary, "s": round(time.time() - started, 1)}
 
-    def probe(self) -> dict:
-        path = self.out / "throw_probe.json"
-        cmd = [sys.executable, "scripts/throw_probe.py", "--json", str(path)] + (["--dry"] if self.args.dry else [])
+    def run_json(self, name: str, cmd: list, limit_s: float, key: str) -> dict:
+        """``run`` a script that writes ``$OUT/<key>.json`` (its ``--json``); the file, even a partial one left by a
+        timeout or a failure, goes into the results under ``key``."""
+        path = self.out / f"{key}.json"
         try:
-            self.run("probe", cmd, self.args.probe_timeout_s)
+            self.run(name, cmd + ["--json", str(path)], limit_s)
         finally:
             if path.exists():
-                self.results["throw_probe"] = json.loads(path.read_text())
+                self.results[key] = json.loads(path.read_text())
         return {"json": str(path)}
+
+    def probe(self) -> dict:
+        cmd = [sys.executable, "scripts/throw_probe.py"] + (["--dry"] if self.args.dry else [])
+        return self.run_json("probe", cmd, self.args.probe_timeout_s, "throw_probe")
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
     def bench(self) -> dict:
-        path = self.out / "bench_kernels.json"
-        cmd = [sys.executable, "benchmarks/bench_kernels.py", "--device", self.device, "--json", str(path)]
-        cmd += [a for t in BENCH_TUNE for a in ("--tune", t)]
-        if self.args.dry:
-            cmd.append("--quick")
-        try:
-            self.run("bench", cmd, self.args.bench_timeout_s)
-        finally:
-            if path.exists():  # partial figures survive a timeout
-                self.results["bench_kernels"] = json.loads(path.read_text())
-        return {"json": str(path)}
+        cmd = [sys.executable, "benchmarks/bench_kernels.py", "--device", self.device]
+        cmd += [a for t in BENCH_TUNE for a in ("--tune", t)] + (["--quick"] if self.args.dry else [])
+        return self.run_json("bench", cmd, self.args.bench_timeout_s, "bench_kernels")
 
     def command(self, name: str, cmd: str, limit_s: float) -> dict:
         expanded = self.expand(cmd)
