@@ -7,14 +7,17 @@ Shapes (Llama-3.1-8B-like: Hkv 8, Hq 32, D 128, bf16 keys):
   select_topk  8 and 64 rows, N 2K .. 128K, k = min(2048, N);     bytes = scores read
   compact_     K and V [B, 8, 2176, 128] bf16 kept to 2048 sorted random slots, B 1 and 8;
                bytes = 2 (K, V) * 2 (read + write) * B * H * K * D * 2
-CUDA: CUDA events, median of --reps calls after warm-up, L2 flushed before each call; GB/s and % of the HBM peak
+CUDA: CUDA events, median of --reps calls after warm-up, L2 flushed before each call (--flush read: inputs from DRAM,
+no dirty lines left to write back; score_keys and compact_ rows also give ms_write_flush, the sessions 1-2 method,
+for comparison); GB/s and % of the HBM peak
 (from the device name: H200 4.8, H100 3.35, A100 2.0 TB/s; else the measured device-to-device copy bandwidth).
 CPU: wall clock, median, and smaller shapes unless --full.
 
 --tune S (repeatable, CUDA): score_keys and compact_ again under TRIATTENTION_CUDA_TUNE=S for each S (launch shapes,
 kernel_src/triattention_cuda/tuning.h), next to the built-in choice, so one GPU run compares them.
 
-Usage: python benchmarks/bench_kernels.py [--device cpu|cuda] [--reps N] [--json PATH] [--quick] [--full] [--tune S]...
+Usage: python benchmarks/bench_kernels.py [--device cpu|cuda] [--reps N] [--json PATH] [--quick] [--full]
+       [--flush read|write|none] [--tune S]...
 The CPU variant is built (or found up to date) with scripts/build_cpu_variant.py; on CUDA set LOCAL_KERNELS (or
 TRIATTENTION_VARIANT_DIR) to a build of scripts/build_cuda_variant.py.
 """
@@ -60,20 +63,34 @@ def load_kernel(device: str):
 
 
 class Timer:
-    def __init__(self, device: str, reps: int, flush: bool):
-        self.device, self.reps = device, reps
-        # Larger than any L2 (H200: 60 MB), rewritten before each timed call so inputs come from DRAM.
-        self.scratch = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if flush and device == "cuda" else None
+    """Median op time. CUDA flushes L2 before each call with a scratch buffer larger than any L2 (H200: 50 MB):
+    "read" (default) reads it, so the inputs come from DRAM and L2 holds only clean lines; "write" rewrites it, as
+    sessions 1-2 did, which leaves up to an L2 of dirty lines that the timed op pays to write back (a fixed cost of
+    up to ~10 us at 4.8 TB/s, charged to whatever runs next); "none" keeps L2 warm."""
 
-    def ms(self, fn) -> float:
+    def __init__(self, device: str, reps: int, flush: str):
+        self.device, self.reps, self.flush = device, reps, flush
+        self.scratch = None
+        if flush != "none" and device == "cuda":
+            self.scratch = torch.zeros(256 * 2**20 // 8, dtype=torch.int64, device=device)
+
+    def _flush(self, mode: str) -> None:
+        if self.scratch is None or mode == "none":
+            return
+        if mode == "write":
+            self.scratch.zero_()
+        else:
+            self.sink = self.scratch.sum()  # a read-only pass; the previous call's dirty lines are written back here
+
+    def ms(self, fn, flush: str = None) -> float:
+        mode = flush or self.flush
         fn()
         times = []
         if self.device == "cuda":
             fn()
             torch.cuda.synchronize()
             for _ in range(self.reps):
-                if self.scratch is not None:
-                    self.scratch.zero_()
+                self._flush(mode)  # queued ahead of the start event, so it also hides the host's launch overhead
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
                 fn()
@@ -133,30 +150,46 @@ def compact_inputs(b, gen, dev):
 
 
 def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev) -> list:
-    """score_keys and compact_ under each TRIATTENTION_CUDA_TUNE setting ("" = the built-in launch shapes)."""
+    """score_keys and compact_ under each TRIATTENTION_CUDA_TUNE setting ("" = the built-in launch shapes), each
+    setting's output also compared bit for bit with the built-in one's ("same"), so a winner is known correct."""
     rows, old = [], os.environ.get("TRIATTENTION_CUDA_TUNE")
-    cases = []
+    cases = []  # (op, shape, bytes, timed call, fresh output of one call)
     for b, n in score_shapes:
         keys, trig, norm, scores = score_inputs(b, n, gen, dev)
         nbytes = keys.numel() * keys.element_size() + scores.numel() * 4
+
+        def scored(a=(keys, trig, norm)):
+            out = torch.full((a[0].shape[0], HQ, a[0].shape[2]), float("nan"), device=dev)
+            ops.score_keys(out, *a, D, False)
+            return out
         cases.append(("score_keys", {"B": b, "N": n}, nbytes,
-                      lambda a=(scores, keys, trig, norm): ops.score_keys(*a, D, False)))
+                      lambda a=(scores, keys, trig, norm): ops.score_keys(*a, D, False), scored))
     for b in compact_bs:
         caches, idx = compact_inputs(b, gen, dev)
+
+        def compacted(a=([c.clone() for c in caches], idx)):  # from a pristine copy: timed calls change `caches`
+            fresh = [c.clone() for c in a[0]]
+            ops.compact_(fresh, a[1])
+            return torch.stack(fresh)
         cases.append(("compact_", {"B": b, "K": COMPACT_K}, 2 * 2 * b * HKV * COMPACT_K * D * 2,
-                      lambda a=(caches, idx): ops.compact_(*a)))
+                      lambda a=(caches, idx): ops.compact_(*a), compacted))
     try:
-        for op, shape, nbytes, fn in cases:
+        for op, shape, nbytes, fn, output in cases:
+            expected = None
             for setting in [""] + list(settings):
                 os.environ["TRIATTENTION_CUDA_TUNE"] = setting
+                got = output()
+                expected = got if expected is None else expected
                 ms = timer.ms(fn)
                 r = {"op": op, **shape, "tune": setting or "built-in", "ms": round(ms, 4),
-                     "GBps": round(nbytes / (ms / 1e3) / 1e9, 1)}
+                     "GBps": round(nbytes / (ms / 1e3) / 1e9, 1), "same": bool(torch.equal(got, expected))}
                 if peak:
                     r["pct_hbm"] = round(100 * nbytes / (ms / 1e3) / peak, 1)
                 print(f"tune {op:<11} {str(shape):<22} {r['tune']:<40} {ms:9.4f} ms {r['GBps']:8.1f} GB/s"
-                      + (f" {r['pct_hbm']:5.1f}%" if peak else ""), flush=True)
+                      + (f" {r['pct_hbm']:5.1f}%" if peak else "") + ("" if r["same"] else "  OUTPUT DIFFERS"),
+                      flush=True)
                 rows.append(r)
+            del expected
     finally:
         if old is None:
             os.environ.pop("TRIATTENTION_CUDA_TUNE", None)
@@ -172,7 +205,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write all figures here")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (checks the script, not the speed)")
     parser.add_argument("--full", action="store_true", help="the CUDA shapes on the CPU too")
-    parser.add_argument("--no-flush", action="store_true", help="do not flush L2 between timed calls")
+    parser.add_argument("--flush", choices=("read", "write", "none"), default="read",
+                        help="how L2 is flushed before each timed CUDA call (see Timer)")
     parser.add_argument("--tune", action="append", default=[],
                         help="a TRIATTENTION_CUDA_TUNE setting to compare (repeatable; CUDA launch shapes)")
     args = parser.parse_args()
@@ -181,9 +215,10 @@ def main() -> None:
     shapes = "quick" if args.quick else ("full" if dev == "cuda" or args.full else "cpu")
     kernel, ops = load_kernel(dev)
     ref = kernel.reference_ops
-    timer = Timer(dev, reps, not args.no_flush)
+    timer = Timer(dev, reps, args.flush)
     info = {"device": dev, "torch": torch.__version__, "variant": str(Path(kernel.__file__).parent), "reps": reps,
-            "shapes": shapes, "l2_flush": timer.scratch is not None, "threads": torch.get_num_threads()}
+            "shapes": shapes, "l2_flush": args.flush if timer.scratch is not None else "none",
+            "threads": torch.get_num_threads()}
     if dev == "cuda":
         info.update(peak_bandwidth(timer))
     peak = info.get("peak_GBps", 0) * 1e9 or None
@@ -198,12 +233,20 @@ def main() -> None:
 
     score_shapes, topk_rows, topk_ns, compact_bs = SHAPES[shapes]
     gen = torch.Generator().manual_seed(0)
+    def with_write_flush(r, fn):
+        """The sessions 1-2 figure (dirty L2 before the call) next to this run's, for the bandwidth-bound ops."""
+        if timer.scratch is not None and timer.flush != "write":
+            r["ms_write_flush"] = round(timer.ms(fn, "write"), 4)
+        return r
+
     for b, n in score_shapes:
         keys, trig, norm, scores = score_inputs(b, n, gen, dev)
-        ms = timer.ms(lambda: ops.score_keys(scores, keys, trig, norm, D, False))
+        fn = lambda: ops.score_keys(scores, keys, trig, norm, D, False)  # noqa: E731
+        ms = timer.ms(fn)
         ref_ms = timer.ms(lambda: ref.score_keys(keys, trig, norm, D, False))
         nbytes = keys.numel() * keys.element_size() + scores.numel() * 4
-        results["score_keys"].append(row("score_keys", {"B": b, "N": n}, ms, ref_ms, nbytes, peak))
+        r = row("score_keys", {"B": b, "N": n}, ms, ref_ms, nbytes, peak)
+        results["score_keys"].append(with_write_flush(r, fn))
         cand = (torch.rand(b, n, generator=gen) < 0.9).to(dev)
         zout = torch.empty(b, HKV, n, device=dev)
         ms = timer.ms(lambda: ops.zscore_group_reduce(zout, scores, cand, HQ // HKV, True))
@@ -226,10 +269,12 @@ def main() -> None:
     for b in compact_bs:
         caches, idx = compact_inputs(b, gen, dev)
         # Compacting again with the same indices is still valid (indices[j] >= j) and moves the same bytes.
-        ms = timer.ms(lambda: ops.compact_(caches, idx))
+        fn = lambda: ops.compact_(caches, idx)  # noqa: E731
+        ms = timer.ms(fn)
         ref_ms = timer.ms(lambda: ref.compact_(caches, idx))
         nbytes = 2 * 2 * b * HKV * k * D * 2
-        results["compact"].append(row("compact_", {"B": b, "H": HKV, "C": c, "K": k}, ms, ref_ms, nbytes, peak))
+        r = row("compact_", {"B": b, "H": HKV, "C": c, "K": k}, ms, ref_ms, nbytes, peak)
+        results["compact"].append(with_write_flush(r, fn))
         save()
     if args.tune:
         tune_shapes = [s for s in score_shapes if s[1] >= 32768] or score_shapes

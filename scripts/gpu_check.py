@@ -12,6 +12,7 @@ what it measured; each step's output goes to ``$OUT/logs/<step>.log``.
   probe   scripts/throw_probe.py: does an op's C++ error reach Python (built-in, CPU variant, CUDA variant), or
           crash the process (then with torch's unwinder and under gdb)
   tests   pytest tests/test_compiled_ops.py -k cuda with TRIATTENTION_VARIANT_DIR = the built variant
+  tuned   the score_keys and compact_ contract tests again under TRIATTENTION_CUDA_TUNE = TUNED_TESTS
   bench   benchmarks/bench_kernels.py --device cuda --json $OUT/bench_kernels.json, plus the launch shapes of
           BENCH_TUNE (--tune) next to the built-in ones
   e2e     --e2e-cmd (default: benchmarks/bench_e2e.py --device cuda --json $OUT/bench_e2e.json, skipped while
@@ -44,8 +45,11 @@ REPO_ID = "triattention-community/triattention"
 SITE = Path("/tmp/site")
 DEFAULT_E2E = "{python} benchmarks/bench_e2e.py --device {device} --json {out}/bench_e2e.json"
 # Launch shapes the bench step compares with the built-in ones (TRIATTENTION_CUDA_TUNE, tuning.h): seconds of GPU.
-BENCH_TUNE = ["score_waves=2", "score_waves=4", "compact_slice=32", "compact_slice=128", "compact_slice=256",
-              "compact_pipeline=1", "compact_slice=128,compact_pipeline=1"]
+BENCH_TUNE = ["score_waves=2", "score_waves=4", "score_stages=3", "score_stages=4", "score_stages=6",
+              "compact_slice=32", "compact_slice=128", "compact_slice=256", "compact_pipeline=1",
+              "compact_slice=128,compact_pipeline=1"]
+# The code paths no built-in launch takes (staged score_keys, pipelined compact_), through the contract tests.
+TUNED_TESTS = "score_stages=4,compact_slice=128,compact_pipeline=1"
 
 
 class Check:
@@ -225,6 +229,16 @@ class Check:
             raise RuntimeError(f"{len(crashed)} test(s) crashed the process: {[c['test'] for c in crashed]}")
         return {"summary": summary, "s": round(time.time() - started, 1)}
 
+    def tuned(self) -> dict:
+        """The score_keys and compact_ contract tests on the code paths only TRIATTENTION_CUDA_TUNE reaches, so a
+        setting the bench step finds faster is also known to meet the contract (bad-input tests: see `tests`)."""
+        dev = "cpu" if self.args.dry else "cuda"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short",
+               "tests/test_compiled_ops.py", "-k", f"{dev} and (score_keys or compact) and not rejects"]
+        cmd += ["-m", "kernels_ci"] if self.args.dry else []
+        res = self.run("tuned", cmd, self.args.tests_timeout_s, env=dict(self.env, TRIATTENTION_CUDA_TUNE=TUNED_TESTS))
+        return {"tune": TUNED_TESTS, "summary": _pytest_summary(res["tail"]), "s": res["s"]}
+
     def run_json(self, name: str, cmd: list, limit_s: float, key: str) -> dict:
         """``run`` a script that writes ``$OUT/<key>.json`` (its ``--json``); the file, even a partial one left by a
         timeout or a failure, goes into the results under ``key``."""
@@ -273,6 +287,7 @@ class Check:
         else:
             self.step("probe", self.probe, need_s=30)
             self.step("tests", self.tests, need_s=30)
+            self.step("tuned", self.tuned, need_s=30)
             self.step("bench", self.bench, need_s=30)
         e2e = self.args.e2e_cmd
         if e2e is None and not (ROOT / "benchmarks" / "bench_e2e.py").exists():

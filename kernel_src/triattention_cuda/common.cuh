@@ -120,5 +120,48 @@ inline cudaError_t with_key_type(KeyType type, F&& f) {
 // The error of the launch just made (a bad configuration shows up here, not at the next sync).
 inline cudaError_t launched() { return cudaGetLastError(); }
 
+// cp.async (sm_80+): global loads straight into shared memory, so the bytes in flight are bounded by shared memory
+// instead of registers. Elsewhere (ROCm, sm < 80) kHaveCpAsync is false and callers take their register path.
+#if !defined(TRIATT_ROCM) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+constexpr bool kHaveCpAsync = true;
+#else
+constexpr bool kHaveCpAsync = false;  // the staged kernel compiles to the register path there
+#endif
+
+// Copies sizeof(raw_t) bytes, or writes zeros when !valid (src-size 0; src must still be a mapped address).
+template <typename raw_t>
+__device__ __forceinline__ void cp_async(raw_t* dst, const void* src, bool valid) {
+#if !defined(TRIATT_ROCM)
+  static_assert(sizeof(raw_t) == 8, "the staged path copies 8-byte chunks (16-bit keys)");
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 8 : 0)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if !defined(TRIATT_ROCM)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if !defined(TRIATT_ROCM)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+// Waits until at most `pending` of this thread's committed groups are still in flight (pending < 8, tuning.h).
+__device__ __forceinline__ void cp_async_wait_pending(int pending) {
+  switch (pending) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    case 6: cp_async_wait<6>(); break;
+    default: cp_async_wait<7>(); break;
+  }
+}
+
 }  // namespace cuda
 }  // namespace triattention

@@ -41,6 +41,8 @@ inline int64_t score_keys_head_bytes(int64_t D, int64_t O, int64_t rotary_dim) {
 // `sms`, `max_smem_optin`: the device's multiprocessor count and opt-in shared memory per block.
 cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_optin, const Tuning& tuning,
                               cudaStream_t stream);
+// The generic path alone (score_keys_generic.cu); launch_score_keys calls it for shapes its fast path does not take.
+cudaError_t launch_score_keys_generic(const ScoreKeysArgs& a, int64_t max_smem_optin, cudaStream_t stream);
 
 // ---- zscore_group_reduce (op 2) ----
 constexpr int64_t kSelectChunk = 2048;  // scores per block of the zscore and top-k kernels

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// score_keys (kernel_src/OPS.md, op 1) on CUDA/ROCm: a register fast path for the common shapes, and a generic
-// shared-memory path for everything else.
+// score_keys (kernel_src/OPS.md, op 1) on CUDA/ROCm: the register fast path for the common shapes (optionally
+// staged through shared memory); every other shape goes to the generic path of score_keys_generic.cu.
 #include "common.cuh"
 
 #include <algorithm>
@@ -106,13 +106,18 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[V], int lane) {
   }
 }
 
-template <typename scalar_t, int D, int G, bool kInterleaved>
+// kStaged: keys go through a ring of `stages` shared-memory steps by cp.async (dynamic shared memory: stages * U * 2 *
+// kThreads chunks) instead of two register buffers; the arithmetic, and so every output bit, is the same. Why: at
+// 124 registers (bf16, D 128, G 4) two blocks fit an SM and the register path keeps one step (64 bytes) per thread
+// in flight, ~32 KB per SM, which by Little's law caps it near 3.5 TB/s (72 % measured at B 8). Staged, it is
+// stages - 1 steps (and 100 registers). sm_80+ and CUDA only; elsewhere this instantiation is the register path.
+template <typename scalar_t, int D, int G, bool kInterleaved, bool kStaged>
 __global__ void __launch_bounds__(kThreads)
     score_keys_fast_kernel(float* __restrict__ out,             // [B, Hq, N]
                            const scalar_t* __restrict__ keys,   // [B, Hkv, N, D], 4-element aligned rows
                            const float* __restrict__ trig,      // [B, Hq, 1, D]
                            const float* __restrict__ norm_w,    // [B, Hq, D/2]
-                           int64_t Hkv, int64_t N, int64_t ks_b, int64_t ks_h, int64_t ks_n) {
+                           int64_t Hkv, int64_t N, int64_t ks_b, int64_t ks_h, int64_t ks_n, int stages) {
   constexpr int L = D / 8;                // lanes per key
   constexpr int U = G > 4 ? 2 : 4;        // keys per group and step
   constexpr int Gp = pow2_ceil(G);
@@ -195,107 +200,108 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
-  raw_t even[U][2], odd[U][2];
-  load(first, even);
-  for (int64_t step = first; step < steps; step += 2 * stride) {
-    load(step + stride, odd);
-    score(step, even);
-    if (step + stride >= steps) break;
-    load(step + 2 * stride, even);
-    score(step + stride, odd);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Generic path (any D, O, rotary_dim, pairing, alignment). One block per (tile of kTileKeys keys, b, kv head).
-// Keys are read once and staged as fp32 rows x[j][0..D) in shared memory, followed by their R/2 pair norms
-// x[j][D..D+R/2). The block's Gs*O augmented weight rows [W[h,o,:], c[h,:]] sit in shared memory too, so
-// out[h][j] = max_o <x_j, w[h,o]>: the norm term does not depend on o. A launch scores the query heads
-// h0 .. h0+Gs-1 of every kv head; the host splits G into several launches when G*O rows overflow shared memory.
-
-constexpr int kTileKeys = static_cast<int>(kScoreTileKeys);
-
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    score_keys_generic_kernel(float* __restrict__ out,            // [B, Hq, N]
-                              const scalar_t* __restrict__ keys,  // [B, Hkv, N, D], strided
-                              const float* __restrict__ trig,     // [B, Hq, O, D]
-                              const float* __restrict__ norm_w,   // [B, Hq, R/2]
-                              int64_t Hkv, int64_t N, int D, int G, int h0, int Gs, int O, int half,
-                              bool interleaved, int64_t ks_b, int64_t ks_h, int64_t ks_n) {
-  extern __shared__ float smem[];
-  const int F = D + half;
-  const int ld = F + 1;  // odd row pitch for even F: consecutive keys hit different banks
-  float* w = smem;               // [Gs*O][F]
-  float* x = smem + Gs * O * F;  // [kTileKeys][ld]
-  const int64_t b = blockIdx.y / Hkv, g = blockIdx.y % Hkv, Hq = Hkv * G;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileKeys;
-  const int nt = static_cast<int>(min64(kTileKeys, N - n0));
-
-  for (int i = threadIdx.x; i < Gs * O * F; i += blockDim.x) {
-    const int r = i / F, f = i % F;
-    const int64_t h = g * G + h0 + r / O, o = r % O;
-    w[i] = f < D ? trig[((b * Hq + h) * O + o) * D + f] : norm_w[(b * Hq + h) * half + (f - D)];
-  }
-  const scalar_t* kbase = keys + b * ks_b + g * ks_h + n0 * ks_n;
-  for (int i = threadIdx.x; i < nt * D; i += blockDim.x) {
-    const int j = i / D, d = i % D;
-    x[j * ld + d] = to_float(kbase[j * ks_n + d]);
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < nt * half; i += blockDim.x) {
-    const int j = i / half, f = i % half;
-    const float* xj = x + j * ld;
-    x[j * ld + D + f] =
-        tmath::pair_norm(xj[tmath::pair_first(f, half, interleaved)], xj[tmath::pair_second(f, half, interleaved)]);
-  }
-  __syncthreads();
-  // Thread -> (key j, slice of q heads); keys vary fastest so a warp reads distinct banks and broadcasts w.
-  const int slices = blockDim.x / kTileKeys;
-  const int j = threadIdx.x % kTileKeys;
-  if (j >= nt) return;
-  const float* xj = x + j * ld;
-  for (int hh = threadIdx.x / kTileKeys; hh < Gs; hh += slices) {
-    float best = -INFINITY;
-    for (int o = 0; o < O; ++o) {
-      const float* wr = w + (hh * O + o) * F;
-      float acc = 0.0f;
-      for (int f = 0; f < F; ++f) acc = tmath::dot_acc(acc, xj[f], wr[f]);
-      best = o == 0 ? acc : tmath::offset_max(best, acc);
+  if constexpr (kStaged && kHaveCpAsync) {
+    // Slot (s, c) of this thread: ring[(s * 2U + c) * kThreads + threadIdx.x], consecutive threads on consecutive
+    // 8-byte words. Only the thread that copies a slot reads it, so cp.async.wait_group orders everything (no
+    // barrier); a slot is refilled one iteration after it was read, and that read fed arithmetic already issued.
+    extern __shared__ __align__(16) unsigned char smem_bytes[];
+    raw_t* ring = reinterpret_cast<raw_t*>(smem_bytes) + threadIdx.x;
+    auto issue = [&](int64_t step, int s) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t n = (step + group) * U + u;
+        const bool valid = n < N;
+        const scalar_t* row = kbase + (valid ? n : 0) * ks_n;
+        cp_async(ring + (s * 2 * U + 2 * u) * kThreads, row + c0, valid);
+        cp_async(ring + (s * 2 * U + 2 * u + 1) * kThreads, row + c1, valid);
+      }
+      cp_async_commit();  // one group per step, zero-filled past the end, so the wait count below stays exact
+    };
+    for (int s = 0; s + 1 < stages; ++s) issue(first + s * stride, s);
+    int slot = 0;
+    for (int64_t step = first; step < steps; step += stride) {
+      issue(step + (stages - 1) * stride, slot == 0 ? stages - 1 : slot - 1);
+      cp_async_wait_pending(stages - 1);  // this step's group has landed
+      raw_t raw[U][2];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        raw[u][0] = ring[(slot * 2 * U + 2 * u) * kThreads];
+        raw[u][1] = ring[(slot * 2 * U + 2 * u + 1) * kThreads];
+      }
+      score(step, raw);
+      slot = slot + 1 == stages ? 0 : slot + 1;
     }
-    out[(b * Hq + g * G + h0 + hh) * N + n0 + j] = best;
+    cp_async_wait<0>();  // no copy into this block's shared memory outlives the block
+  } else {
+    raw_t even[U][2], odd[U][2];
+    load(first, even);
+    for (int64_t step = first; step < steps; step += 2 * stride) {
+      load(step + stride, odd);
+      score(step, even);
+      if (step + stride >= steps) break;
+      load(step + 2 * stride, even);
+      score(step + stride, odd);
+    }
   }
 }
 
-template <typename scalar_t, int D, int G, bool kInterleaved>
-cudaError_t launch_fast(const ScoreKeysArgs& a, int sms, int waves, cudaStream_t stream) {
-  constexpr int U = G > 4 ? 2 : 4;
-  constexpr int kKeysPerBlockStep = kThreads / (D / 8) * U;
-  auto kernel = score_keys_fast_kernel<scalar_t, D, G, kInterleaved>;
+// Launch choices of the fast path (tuning.h), resolved once per call.
+struct FastLaunch {
+  int sms, waves, stages;  // stages 0: register path; 2..8: staged path (16-bit keys)
+  int64_t max_smem;
+};
+
+template <typename Kernel, typename scalar_t>
+cudaError_t launch_fast_kernel(Kernel kernel, const ScoreKeysArgs& a, const FastLaunch& f, int keys_per_block_step,
+                               int64_t smem, cudaStream_t stream, const scalar_t* keys, int stages) {
+  if (smem > 48 * 1024) {
+    if (const cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)))
+      return err;
+  }
   // One wave of resident blocks (by default) spread over the (b, kv head) rows; each block then loops over its row,
   // so its weight loads are paid once for many keys and no second, partial wave is left at the end.
   int resident = 0;
-  if (const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, 0))
+  if (const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem))
     return err;
   const int64_t rows = a.B * a.Hkv;
-  const int64_t per_row = std::max<int64_t>(1, static_cast<int64_t>(std::max(resident, 1)) * sms * waves / rows);
-  const int64_t blocks = std::min<int64_t>((a.N + kKeysPerBlockStep - 1) / kKeysPerBlockStep, per_row);
-  kernel<<<dim3(blocks, rows), kThreads, 0, stream>>>(a.out, static_cast<const scalar_t*>(a.keys), a.trig,
-                                                       a.norm_w, a.Hkv, a.N, a.ks_b, a.ks_h, a.ks_n);
+  const int64_t per_row =
+      std::max<int64_t>(1, static_cast<int64_t>(std::max(resident, 1)) * f.sms * f.waves / rows);
+  const int64_t blocks = std::min<int64_t>((a.N + keys_per_block_step - 1) / keys_per_block_step, per_row);
+  kernel<<<dim3(blocks, rows), kThreads, smem, stream>>>(a.out, keys, a.trig, a.norm_w, a.Hkv, a.N, a.ks_b, a.ks_h,
+                                                         a.ks_n, stages);
   return launched();
 }
 
+template <typename scalar_t, int D, int G, bool kInterleaved>
+cudaError_t launch_fast(const ScoreKeysArgs& a, const FastLaunch& f, cudaStream_t stream) {
+  constexpr int U = G > 4 ? 2 : 4;
+  constexpr int kKeysPerBlockStep = kThreads / (D / 8) * U;
+  using raw_t = typename Chunk4<scalar_t>::type;
+  const scalar_t* keys = static_cast<const scalar_t*>(a.keys);
+  if constexpr (sizeof(scalar_t) == 2) {
+    const int64_t per_stage = int64_t{2} * U * kThreads * static_cast<int64_t>(sizeof(raw_t));
+    const int stages = static_cast<int>(std::min<int64_t>(f.stages, f.max_smem / per_stage));
+    if (stages >= 2) {
+      auto kernel = score_keys_fast_kernel<scalar_t, D, G, kInterleaved, true>;
+      return launch_fast_kernel(kernel, a, f, kKeysPerBlockStep, stages * per_stage, stream, keys, stages);
+    }
+  }
+  auto kernel = score_keys_fast_kernel<scalar_t, D, G, kInterleaved, false>;
+  return launch_fast_kernel(kernel, a, f, kKeysPerBlockStep, 0, stream, keys, 0);
+}
+
 template <typename scalar_t, int D, bool kInterleaved>
-cudaError_t launch_fast_g(const ScoreKeysArgs& a, int sms, int waves, cudaStream_t stream) {
+cudaError_t launch_fast_g(const ScoreKeysArgs& a, const FastLaunch& f, cudaStream_t stream) {
   switch (a.G) {
-    case 1: return launch_fast<scalar_t, D, 1, kInterleaved>(a, sms, waves, stream);
-    case 2: return launch_fast<scalar_t, D, 2, kInterleaved>(a, sms, waves, stream);
-    case 3: return launch_fast<scalar_t, D, 3, kInterleaved>(a, sms, waves, stream);
-    case 4: return launch_fast<scalar_t, D, 4, kInterleaved>(a, sms, waves, stream);
-    case 5: return launch_fast<scalar_t, D, 5, kInterleaved>(a, sms, waves, stream);
-    case 6: return launch_fast<scalar_t, D, 6, kInterleaved>(a, sms, waves, stream);
-    case 7: return launch_fast<scalar_t, D, 7, kInterleaved>(a, sms, waves, stream);
-    case 8: return launch_fast<scalar_t, D, 8, kInterleaved>(a, sms, waves, stream);
+    case 1: return launch_fast<scalar_t, D, 1, kInterleaved>(a, f, stream);
+    case 2: return launch_fast<scalar_t, D, 2, kInterleaved>(a, f, stream);
+    case 3: return launch_fast<scalar_t, D, 3, kInterleaved>(a, f, stream);
+    case 4: return launch_fast<scalar_t, D, 4, kInterleaved>(a, f, stream);
+    case 5: return launch_fast<scalar_t, D, 5, kInterleaved>(a, f, stream);
+    case 6: return launch_fast<scalar_t, D, 6, kInterleaved>(a, f, stream);
+    case 7: return launch_fast<scalar_t, D, 7, kInterleaved>(a, f, stream);
+    case 8: return launch_fast<scalar_t, D, 8, kInterleaved>(a, f, stream);
     default: return cudaErrorInvalidValue;  // fast_path_applies admits G in [1, 8] only
   }
 }
@@ -309,52 +315,23 @@ bool fast_path_applies(const ScoreKeysArgs& a) {
          (a.ks_n * es) % vec == 0;
 }
 
-template <typename scalar_t>
-cudaError_t launch_generic(const ScoreKeysArgs& a, int64_t max_smem_optin, cudaStream_t stream) {
-  const int64_t half = a.rotary_dim / 2;
-  const int64_t key_bytes = score_keys_tile_bytes(a.D, a.rotary_dim);
-  const int64_t head_bytes = score_keys_head_bytes(a.D, a.O, a.rotary_dim);
-  // Query heads per launch: as many as fit, spread evenly over the fewest launches (keys are re-read per launch).
-  // The host entry has checked that one head fits.
-  const int64_t fit = std::max<int64_t>(1, std::min<int64_t>(a.G, (max_smem_optin - key_bytes) / head_bytes));
-  const int64_t launches = (a.G + fit - 1) / fit, per_launch = (a.G + launches - 1) / launches;
-  const int64_t smem = key_bytes + per_launch * head_bytes;
-  const dim3 grid((a.N + kTileKeys - 1) / kTileKeys, a.B * a.Hkv);
-  auto kernel = score_keys_generic_kernel<scalar_t>;
-  if (smem > 48 * 1024) {
-    if (const cudaError_t err =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)))
-      return err;
-  }
-  for (int64_t h0 = 0; h0 < a.G; h0 += per_launch) {
-    const int64_t gs = std::min<int64_t>(per_launch, a.G - h0);
-    kernel<<<grid, kThreads, key_bytes + gs * head_bytes, stream>>>(
-        a.out, static_cast<const scalar_t*>(a.keys), a.trig, a.norm_w, a.Hkv, a.N, (int)a.D, (int)a.G, (int)h0,
-        (int)gs, (int)a.O, (int)half, a.interleaved, a.ks_b, a.ks_h, a.ks_n);
-    if (const cudaError_t err = launched()) return err;
-  }
-  return cudaSuccess;
-}
-
 }  // namespace
 
 cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_optin, const Tuning& tuning,
                               cudaStream_t stream) {
   if (a.B * a.Hkv * a.G * a.N == 0) return cudaSuccess;
   if (fast_path_applies(a)) {
-    const int waves = tuning.score_waves > 0 ? tuning.score_waves : 1;
+    const FastLaunch f{sms, tuning.score_waves > 0 ? tuning.score_waves : 1, tuning.score_stages, max_smem_optin};
     return with_key_type(a.key_type, [&](auto tag) {
       using scalar_t = decltype(tag);
       if (a.D == 128)
-        return a.interleaved ? launch_fast_g<scalar_t, 128, true>(a, sms, waves, stream)
-                             : launch_fast_g<scalar_t, 128, false>(a, sms, waves, stream);
-      return a.interleaved ? launch_fast_g<scalar_t, 64, true>(a, sms, waves, stream)
-                           : launch_fast_g<scalar_t, 64, false>(a, sms, waves, stream);
+        return a.interleaved ? launch_fast_g<scalar_t, 128, true>(a, f, stream)
+                             : launch_fast_g<scalar_t, 128, false>(a, f, stream);
+      return a.interleaved ? launch_fast_g<scalar_t, 64, true>(a, f, stream)
+                           : launch_fast_g<scalar_t, 64, false>(a, f, stream);
     });
   }
-  return with_key_type(a.key_type, [&](auto tag) {
-    return launch_generic<decltype(tag)>(a, max_smem_optin, stream);
-  });
+  return launch_score_keys_generic(a, max_smem_optin, stream);
 }
 
 }  // namespace cuda
