@@ -81,7 +81,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     triattention::cuda::Tuning t;
     const std::string err = triattention::cuda::parse_tuning(argv[i], t);
-    std::printf("%d %d %d %d|%s\\n", t.score_waves, t.score_stages, t.compact_slice, t.compact_pipeline, err.c_str());
+    std::printf("%d %d %d %d %d|%s\\n", t.score_waves, t.score_stages, t.compact_slice, t.compact_pipeline,
+                t.compact_stages, err.c_str());
   }
 }
 ''')
@@ -89,15 +90,17 @@ int main(int argc, char** argv) {
     subprocess.run([cxx, "-std=c++17", "-Wall", "-Werror", f"-I{ROOT / 'kernel_src'}", str(src), "-o", str(exe)],
                    check=True)
     cases = ["", "score_waves=2,score_stages=4,compact_slice=128,compact_pipeline=1", "compact_slice=96", "score_waves=",
-             "waves=2", "compact_pipeline=1,", "score_stages=1"]
+             "waves=2", "compact_pipeline=1,", "score_stages=1", "compact_stages=3", "compact_stages=9"]
     lines = subprocess.run([str(exe), *cases], check=True, capture_output=True, text=True).stdout.splitlines()
-    assert lines[0] == "0 0 0 0|"
-    assert lines[1] == "2 4 128 1|"
-    assert lines[2].startswith("0 0 0 0|TRIATTENTION_CUDA_TUNE: bad setting 'compact_slice=96' (expected")
+    assert lines[0] == "0 0 0 0 0|"
+    assert lines[1] == "2 4 128 1 0|"
+    assert lines[2].startswith("0 0 0 0 0|TRIATTENTION_CUDA_TUNE: bad setting 'compact_slice=96' (expected")
     assert "bad setting 'score_waves='" in lines[3]
     assert "bad setting 'waves=2'" in lines[4]
-    assert lines[5] == "0 0 0 1|"
+    assert lines[5] == "0 0 0 1 0|"
     assert "bad setting 'score_stages=1'" in lines[6]
+    assert lines[7] == "0 0 0 0 3|"
+    assert "bad setting 'compact_stages=9'" in lines[8]
 
 
 def test_math_header_compiles_without_cuda(tmp_path):

@@ -125,17 +125,22 @@ inline cudaError_t launched() { return cudaGetLastError(); }
 #if !defined(TRIATT_ROCM) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
 constexpr bool kHaveCpAsync = true;
 #else
-constexpr bool kHaveCpAsync = false;  // the staged kernel compiles to the register path there
+constexpr bool kHaveCpAsync = false;  // staged kernels compile to their register paths there
 #endif
 
-// Copies sizeof(raw_t) bytes, or writes zeros when !valid (src-size 0; src must still be a mapped address).
+// Copies sizeof(raw_t) (8 or 16) bytes, or writes zeros when !valid (src-size 0; src must still be a mapped
+// address). 16 bytes bypass L1 (.cg, streamed data), 8 bytes can only go through it (.ca).
 template <typename raw_t>
 __device__ __forceinline__ void cp_async(raw_t* dst, const void* src, bool valid) {
 #if !defined(TRIATT_ROCM)
-  static_assert(sizeof(raw_t) == 8, "the staged path copies 8-byte chunks (16-bit keys)");
+  static_assert(sizeof(raw_t) == 8 || sizeof(raw_t) == 16, "cp.async chunks of 8 or 16 bytes");
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 8 : 0)
-               : "memory");
+  if constexpr (sizeof(raw_t) == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 8 : 0)
+                 : "memory");
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {

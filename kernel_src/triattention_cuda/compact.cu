@@ -12,8 +12,9 @@
 // Where the parallelism comes from. Rows of different (b, h) are independent, and so are disjoint column ranges of
 // the same rows: the argument above holds for each column range on its own. So each block owns one
 // (b, h, column slice of 32 or 64 bytes, cache) (tuning.h may choose other widths): B * H * slices * caches blocks,
-// each streaming K rows of its slice with up to kThreads * kUnitsPerThread vector loads in flight. Nothing is split along j, where
-// blocks would need to order their reads before other blocks' writes.
+// each streaming K rows of its slice with up to kThreads * kUnitsPerThread vector loads in flight (more in the staged
+// variant, see compact_slice_staged). Nothing is split along j, where blocks would need to order their reads before
+// other blocks' writes.
 #include "common.cuh"
 
 #include <algorithm>
@@ -106,16 +107,81 @@ __device__ void compact_slice(const SlicedCache& c, const int64_t* __restrict__ 
   }
 }
 
-template <bool kPipelined>
+// Staged (16-byte units, sm_80+): tiles go through a ring of `stages` shared-memory tiles by cp.async, so
+// stages - 1 tiles of loads are in flight while a tile is stored, bounded by shared memory (32 KB per tile) instead of
+// registers. Safe by the same argument: a tile's loads read rows at or after its own start, which no earlier tile's
+// stores reach, whenever they are issued; a tile's stores wait for a barrier that every thread reaches only once its
+// own loads of that tile have landed. A thread stores the units it loaded, from its own slots, and refills a slot
+// one iteration after storing from it (that store's data came through a register, so the slot read is complete).
+__device__ void compact_slice_staged(const SlicedCache& c, const int64_t* __restrict__ idx, int64_t b, int64_t h,
+                                     int slice, int64_t K, int stages, uint4* ring) {
+  constexpr int kUnits = kUnitsPerThread;
+  const int64_t col0 = static_cast<int64_t>(slice) * c.slice_units;
+  const int64_t cols = min64(c.slice_units, c.row_units - col0);
+  constexpr int64_t kTileUnits = static_cast<int64_t>(kThreads) * kUnits;
+  const int64_t tile_rows = kTileUnits / cols;
+  const int64_t tiles = (K + tile_rows - 1) / tile_rows;
+  char* base = c.base + b * c.stride_b + h * c.stride_h + col0 * static_cast<int64_t>(sizeof(uint4));
+  ring += threadIdx.x;  // slot (s, i) of this thread: ring[(s * kUnits + i) * kThreads]
+  // Unit i of tile t: its source row (or -1: nothing to move) and its row and column.
+  auto source = [&](int64_t t, int i, int64_t& j, int64_t& col) -> int64_t {
+    const int64_t u = threadIdx.x + static_cast<int64_t>(i) * kThreads;
+    if (u >= min64(tile_rows, K - t * tile_rows) * cols) return -1;
+    j = t * tile_rows + u / cols;
+    col = u % cols;
+    const int64_t src = idx[j];
+    return src <= j || src >= c.capacity ? -1 : src;  // identity row, or outside the contract (src < j)
+  };
+  auto issue = [&](int64_t t, int s) {
+    if (t < tiles) {
+#pragma unroll
+      for (int i = 0; i < kUnits; ++i) {
+        int64_t j, col;
+        const int64_t src = source(t, i, j, col);
+        if (src >= 0)
+          cp_async(ring + (s * kUnits + i) * kThreads, base + src * c.stride_c + col * int64_t{sizeof(uint4)}, true);
+      }
+    }
+    cp_async_commit();  // one group per tile, empty past the end, so the wait count stays exact
+  };
+  for (int s = 0; s + 1 < stages; ++s) issue(s, s);
+  int slot = 0;
+  for (int64_t t = 0; t < tiles; ++t) {  // uniform over the block: every thread reaches each barrier
+    issue(t + stages - 1, slot == 0 ? stages - 1 : slot - 1);
+    cp_async_wait_pending(stages - 1);
+    __syncthreads();  // every thread's loads of tile t have landed: its rows may be overwritten
+#pragma unroll
+    for (int i = 0; i < kUnits; ++i) {
+      int64_t j, col;
+      if (source(t, i, j, col) >= 0)
+        *reinterpret_cast<uint4*>(base + j * c.stride_c + col * int64_t{sizeof(uint4)}) =
+            ring[(slot * kUnits + i) * kThreads];
+    }
+    slot = slot + 1 == stages ? 0 : slot + 1;
+  }
+  cp_async_wait<0>();
+}
+
+// kMode 0: plain tiles; 1: pipelined (two half tiles); 2: staged (cp.async ring of `stages` tiles in dynamic shared
+// memory) for caches of 16-byte units, plain for the others.
+template <int kMode>
 __global__ void __launch_bounds__(kThreads)
     compact_kernel(CompactBatch batch, const int64_t* __restrict__ indices,  // [B, H, K]
-                   int64_t H, int64_t K, int max_slices) {
+                   int64_t H, int64_t K, int max_slices, int stages) {
   const SlicedCache& c = batch.caches[blockIdx.y];
   const int64_t bh = blockIdx.x / max_slices;
   const int slice = static_cast<int>(blockIdx.x % max_slices);
   if (slice >= c.slices) return;  // the block is uniform: no thread reaches a barrier alone
   const int64_t b = bh / H, h = bh % H;
   const int64_t* idx = indices + bh * K;
+  constexpr bool kPipelined = kMode == 1;
+  if constexpr (kMode == 2 && kHaveCpAsync) {
+    if (c.vec_bytes == 16) {
+      extern __shared__ __align__(16) unsigned char smem_bytes[];
+      compact_slice_staged(c, idx, b, h, slice, K, stages, reinterpret_cast<uint4*>(smem_bytes));
+      return;
+    }
+  }
   switch (c.vec_bytes) {
     case 16: compact_slice<uint4, kPipelined>(c, idx, b, h, slice, K); break;
     case 8: compact_slice<uint2, kPipelined>(c, idx, b, h, slice, K); break;
@@ -123,6 +189,19 @@ __global__ void __launch_bounds__(kThreads)
     case 2: compact_slice<uint16_t, kPipelined>(c, idx, b, h, slice, K); break;
     default: compact_slice<uint8_t, kPipelined>(c, idx, b, h, slice, K); break;
   }
+}
+
+template <int kMode>
+cudaError_t launch_mode(const CompactBatch& batch, int n, const int64_t* indices, int64_t B, int64_t H, int64_t K,
+                        int max_slices, int stages, int64_t smem, cudaStream_t stream) {
+  auto kernel = compact_kernel<kMode>;
+  if (smem > 48 * 1024) {
+    if (const cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)))
+      return err;
+  }
+  kernel<<<dim3(B * H * max_slices, n), kThreads, smem, stream>>>(batch, indices, H, K, max_slices, stages);
+  return launched();
 }
 
 int vec_bytes_for(std::initializer_list<int64_t> values) {
@@ -135,12 +214,15 @@ int vec_bytes_for(std::initializer_list<int64_t> values) {
 }  // namespace
 
 cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
-                           int64_t H, int64_t K, int sms, const Tuning& tuning, cudaStream_t stream) {
+                           int64_t H, int64_t K, int sms, int64_t max_smem_optin, const Tuning& tuning,
+                           cudaStream_t stream) {
   if (n_caches == 0 || B * H * K == 0) return cudaSuccess;
   // 64-byte slices keep whole DRAM bursts per row; with few (b, h, cache) rows, 32-byte slices double the blocks.
   const int64_t row_sets = B * H * n_caches;
   const int slice_bytes =
       tuning.compact_slice > 0 ? tuning.compact_slice : (row_sets * 4 >= 2 * static_cast<int64_t>(sms) ? 64 : 32);
+  const int64_t tile_bytes = int64_t{kThreads} * kUnitsPerThread * 16;
+  const int stages = static_cast<int>(std::min<int64_t>(tuning.compact_stages, max_smem_optin / tile_bytes));
   std::vector<SlicedCache> entries;
   for (int64_t i = 0; i < n_caches; ++i) {
     const CompactCache& c = caches[i];
@@ -159,12 +241,12 @@ cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const i
     std::copy(entries.begin() + first, entries.begin() + first + n, batch.caches);
     int max_slices = 1;
     for (size_t i = 0; i < n; ++i) max_slices = std::max(max_slices, batch.caches[i].slices);
-    const dim3 grid(B * H * max_slices, n);
-    if (tuning.compact_pipeline)
-      compact_kernel<true><<<grid, kThreads, 0, stream>>>(batch, indices, H, K, max_slices);
-    else
-      compact_kernel<false><<<grid, kThreads, 0, stream>>>(batch, indices, H, K, max_slices);
-    if (const cudaError_t err = launched()) return err;
+    const int nn = static_cast<int>(n);
+    const cudaError_t err =
+        stages >= 2 ? launch_mode<2>(batch, nn, indices, B, H, K, max_slices, stages, stages * tile_bytes, stream)
+        : tuning.compact_pipeline ? launch_mode<1>(batch, nn, indices, B, H, K, max_slices, 0, 0, stream)
+                                  : launch_mode<0>(batch, nn, indices, B, H, K, max_slices, 0, 0, stream);
+    if (err) return err;
   }
   return cudaSuccess;
 }

@@ -87,7 +87,8 @@ struct CompactCache {
 };
 
 cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
-                           int64_t H, int64_t K, int sms, const Tuning& tuning, cudaStream_t stream);
+                           int64_t H, int64_t K, int sms, int64_t max_smem_optin, const Tuning& tuning,
+                           cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace triattention

@@ -113,6 +113,7 @@ void compact_(at::TensorList caches, at::Tensor const& indices) {
                      c.size(2), c.size(3) * es});
   }
   C10_CUDA_CHECK(tc::launch_compact(views.data(), static_cast<int64_t>(views.size()), indices.data_ptr<int64_t>(),
-                                    B, H, K, device_attribute(cudaDevAttrMultiProcessorCount, index), tuning(),
+                                    B, H, K, device_attribute(cudaDevAttrMultiProcessorCount, index),
+                                    device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, index), tuning(),
                                     c10::cuda::getCurrentCUDAStream(index)));
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Launch-shape overrides of the CUDA/ROCm ops, so one build can compare launch shapes on a GPU
-// (benchmarks/bench_kernels.py --tune). Read by the host entries from TRIATTENTION_CUDA_TUNE, e.g.
-// "score_waves=2,score_stages=4,compact_slice=128,compact_pipeline=1"; unset or 0 means the built-in choice. Plain C++ (no CUDA,
-// no torch) so it is tested with the host compiler alone.
+// (benchmarks/bench_kernels.py --tune) and reach the code paths not yet measured (staged through shared memory).
+// Read by the host entries from TRIATTENTION_CUDA_TUNE, e.g. "score_waves=2,score_stages=4,compact_slice=256,
+// compact_stages=3"; unset or 0 means the built-in choice. Plain C++ (no CUDA, no torch) so it is tested with the
+// host compiler alone.
 #pragma once
 
 #include <cstdlib>
@@ -18,13 +19,15 @@ struct Tuning {
                              // cp.async steps of shared memory; 0 = two register buffers (built-in)
   int compact_slice = 0;     // compact_: column slice in bytes, a power of two in [16, 1024] (built-in: 64 or 32)
   int compact_pipeline = 0;  // compact_: 1 = load the next tile before storing this one (built-in: 0)
+  int compact_stages = 0;    // compact_, 16-byte units, sm_80+: 2..8 = tiles staged through that many cp.async
+                             // shared-memory tiles (32 KB each; fewer if they do not fit); 0 = registers (built-in)
 };
 
 // Parses "key=value[,key=value...]" into `t`. Returns "" or the message naming the bad part and the accepted form.
 inline std::string parse_tuning(const char* text, Tuning& t) {
   static const char* kForm =
       " (expected comma-separated score_waves=1..16, score_stages=0|2..8, compact_slice=16|32|..|1024, "
-      "compact_pipeline=0|1)";
+      "compact_pipeline=0|1, compact_stages=0|2..8)";
   std::string s = text ? text : "";
   size_t pos = 0;
   while (pos < s.size()) {
@@ -46,6 +49,8 @@ inline std::string parse_tuning(const char* text, Tuning& t) {
       t.compact_slice = static_cast<int>(value);
     } else if (key == "compact_pipeline" && number && (value == 0 || value == 1)) {
       t.compact_pipeline = static_cast<int>(value);
+    } else if (key == "compact_stages" && number && (value == 0 || (value >= 2 && value <= 8))) {
+      t.compact_stages = static_cast<int>(value);
     } else {
       return "TRIATTENTION_CUDA_TUNE: bad setting '" + item + "'" + kForm;
     }
