@@ -150,8 +150,9 @@ def compact_inputs(b, gen, dev):
 
 
 def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev) -> list:
-    """score_keys and compact_ under each TRIATTENTION_CUDA_TUNE setting ("" = the built-in launch shapes), each
-    setting's output also compared bit for bit with the built-in one's ("same"), so a winner is known correct."""
+    """score_keys and compact_ under each TRIATTENTION_CUDA_TUNE setting of their own ("score_*", "compact_*"; "" = the
+    built-in launch shapes), each setting's output also compared bit for bit with the built-in one's ("same"), so a
+    winner is known correct."""
     rows, old = [], os.environ.get("TRIATTENTION_CUDA_TUNE")
     cases = []  # (op, shape, bytes, timed call, fresh output of one call)
     for b, n in score_shapes:
@@ -176,7 +177,8 @@ def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev) -> lis
     try:
         for op, shape, nbytes, fn, output in cases:
             expected = None
-            for setting in [""] + list(settings):
+            prefix = op.rstrip("_").split("_")[0] + "_"  # score_keys: score_*, compact_: compact_*
+            for setting in [""] + [t for t in settings if all(k.startswith(prefix) for k in t.split(",") if k)]:
                 os.environ["TRIATTENTION_CUDA_TUNE"] = setting
                 got = output()
                 expected = got if expected is None else expected

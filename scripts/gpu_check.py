@@ -267,7 +267,8 @@ class Check:
     def bench(self) -> dict:
         cmd = [sys.executable, "benchmarks/bench_kernels.py", "--device", self.device]
         cmd += [a for t in BENCH_TUNE for a in ("--tune", t)] + (["--quick"] if self.args.dry else [])
-        return self.run_json("bench", cmd, self.args.bench_timeout_s, "bench_kernels")
+        res = self.run_json("bench", cmd, self.args.bench_timeout_s, "bench_kernels")
+        return {**res, "fastest": fastest_settings(self.results.get("bench_kernels", {}).get("tuning", []))}
 
     def command(self, name: str, cmd: str, limit_s: float) -> dict:
         expanded = self.expand(cmd)
@@ -311,6 +312,25 @@ class Check:
         print(f"\nDONE in {time.time() - self.t0:.0f} s: {json.dumps(brief)}\nresults: {self.out / 'gpu_results.json'}",
               flush=True)
         return 0 if self.results["ok"] else 1
+
+
+def fastest_settings(rows: list) -> list:
+    """Per (op, shape) of the --tune sweep: the fastest setting whose output equals the built-in one's, and its
+    speedup over the built-in launch (what to adopt as the built-in next)."""
+    cases = {}
+    for r in rows:
+        shape = {k: v for k, v in r.items() if k not in ("tune", "ms", "GBps", "pct_hbm", "same")}
+        cases.setdefault(json.dumps(shape), []).append(r)
+    out = []
+    for shape, rs in cases.items():
+        builtin = next((r for r in rs if r["tune"] == "built-in"), None)
+        same = [r for r in rs if r.get("same", True)]
+        if builtin and same:
+            best = min(same, key=lambda r: r["ms"])
+            out.append({**json.loads(shape), "tune": best["tune"], "ms": best["ms"], "pct_hbm": best.get("pct_hbm"),
+                        "vs_builtin": round(builtin["ms"] / best["ms"], 3),
+                        "differs": [r["tune"] for r in rs if not r.get("same", True)]})
+    return out
 
 
 def _pytest_summary(text: str) -> dict:
