@@ -7,6 +7,9 @@ variant raises. Each case below runs in its own subprocess, so one crash does no
   torch_cpu / torch_cuda  a built-in op's error (torch itself throwing through its own frames)
   kernel_cpu              the CPU variant's score_keys with rotary_dim 63 (built here if missing; on a GPU machine
                           only when a CUDA variant case crashed)
+  kernel_cuda_host        the CUDA variant's score_keys entry reached with CPU tensors (redispatch to the CUDA key):
+                          its first check throws with no CUDA tensor or kernel involved; this raised on a CPU-only
+                          machine with the GPU image's torch (2.11.0+cu130, Python 3.12), old and new code alike
   kernel_cuda             the CUDA variant's score_keys with rotary_dim 63
   kernel_cuda_compact     the CUDA variant's compact_ with indices of the wrong shape
 
@@ -28,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "triattention-community/triattention"
-CUDA_CASES = ["torch_cuda", "kernel_cuda", "kernel_cuda_compact"]
+CUDA_CASES = ["torch_cuda", "kernel_cuda_host", "kernel_cuda", "kernel_cuda_compact"]
 CPU_CASES = ["torch_cpu", "kernel_cpu"]
 
 
@@ -46,9 +49,13 @@ def run_case(name: str) -> None:
     """Raise the case's error; print the message when it arrives as a RuntimeError."""
     import torch
 
-    device = "cuda" if "cuda" in name else "cpu"
+    device = "cuda" if "cuda" in name and name != "kernel_cuda_host" else "cpu"
     try:
-        if name.startswith("torch_"):
+        if name == "kernel_cuda_host":
+            keys, trig, norm = torch.randn(1, 2, 10, 64), torch.randn(1, 6, 1, 64), torch.randn(1, 6, 32)
+            cuda_key = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+            _ops("cuda").score_keys.default.redispatch(cuda_key, torch.empty(1, 6, 10), keys, trig, norm, 63, False)
+        elif name.startswith("torch_"):
             torch.empty(2, device=device).view(3)
         elif name.endswith("_compact"):
             cache = torch.zeros(1, 1, 8, 4, device=device)
