@@ -7,9 +7,10 @@ variant raises. Each case below runs in its own subprocess, so one crash does no
   torch_cpu / torch_cuda  a built-in op's error (torch itself throwing through its own frames)
   kernel_cpu              the CPU variant's score_keys with rotary_dim 63 (built here if missing; on a GPU machine
                           only when a CUDA variant case crashed)
-  kernel_cuda_host        the CUDA variant's score_keys entry reached with CPU tensors (redispatch to the CUDA key):
-                          its first check throws with no CUDA tensor or kernel involved; this raised on a CPU-only
-                          machine with the GPU image's torch (2.11.0+cu130, Python 3.12), old and new code alike
+  kernel_cuda_host        the CUDA variant's score_keys entry reached with CPU tensors (redispatch to the CUDA key)
+                          after CUDA is initialised: its first check throws with no CUDA tensor involved; this
+                          raised on a CPU-only machine with the GPU image's torch (2.11.0+cu130, Python 3.12), old
+                          and new code alike. Raises here but kernel_cuda crashes: CUDA tensors matter
   kernel_cuda             the CUDA variant's score_keys with rotary_dim 63
   kernel_cuda_compact     the CUDA variant's compact_ with indices of the wrong shape
 
@@ -53,6 +54,8 @@ def run_case(name: str) -> None:
     try:
         if name == "kernel_cuda_host":
             keys, trig, norm = torch.randn(1, 2, 10, 64), torch.randn(1, 6, 1, 64), torch.randn(1, 6, 32)
+            if torch.cuda.is_available():  # the process state of the crashing case: CUDA initialised
+                torch.zeros(1, device="cuda")
             cuda_key = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
             _ops("cuda").score_keys.default.redispatch(cuda_key, torch.empty(1, 6, 10), keys, trig, norm, 63, False)
         elif name.startswith("torch_"):
