@@ -45,10 +45,13 @@ REPO_ID = "triattention-community/triattention"
 SITE = Path("/tmp/site")
 DEFAULT_E2E = "{python} benchmarks/bench_e2e.py --device {device} --json {out}/bench_e2e.json"
 # Launch shapes the bench step compares with the built-in ones (TRIATTENTION_CUDA_TUNE, tuning.h): seconds of GPU.
-BENCH_TUNE = ["score_waves=2", "score_waves=4", "score_stages=3", "score_stages=4", "score_stages=6",
+# "score_stages=1" and "compact_stages=1,compact_pipeline=0" are the register paths: the built-in ones today, the
+# baseline to compare with once a staged setting is adopted (tuning.h kBuiltin*).
+BENCH_TUNE = ["score_waves=2", "score_waves=4", "score_stages=1", "score_stages=3", "score_stages=4", "score_stages=6",
               "compact_slice=32", "compact_slice=128", "compact_slice=256", "compact_pipeline=1",
               "compact_slice=128,compact_pipeline=1", "compact_stages=3", "compact_slice=128,compact_stages=3",
-              "compact_slice=256,compact_stages=3", "compact_slice=256,compact_stages=6"]
+              "compact_slice=256,compact_stages=3", "compact_slice=256,compact_stages=6",
+              "compact_stages=1,compact_pipeline=0"]
 # The code paths no built-in launch takes (staged score_keys, pipelined and staged compact_), through the contract
 # tests: one pytest run per setting.
 TUNED_TESTS = ["score_stages=4,compact_slice=128,compact_pipeline=1",

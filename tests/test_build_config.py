@@ -90,16 +90,16 @@ int main(int argc, char** argv) {
     subprocess.run([cxx, "-std=c++17", "-Wall", "-Werror", f"-I{ROOT / 'kernel_src'}", str(src), "-o", str(exe)],
                    check=True)
     cases = ["", "score_waves=2,score_stages=4,compact_slice=128,compact_pipeline=1", "compact_slice=96", "score_waves=",
-             "waves=2", "compact_pipeline=1,", "score_stages=1", "compact_stages=3", "compact_stages=9"]
+             "waves=2", "compact_pipeline=1,", "score_stages=0", "compact_stages=3", "compact_stages=9"]
     lines = subprocess.run([str(exe), *cases], check=True, capture_output=True, text=True).stdout.splitlines()
-    assert lines[0] == "0 0 0 0 0|"
-    assert lines[1] == "2 4 128 1 0|"
-    assert lines[2].startswith("0 0 0 0 0|TRIATTENTION_CUDA_TUNE: bad setting 'compact_slice=96' (expected")
+    assert lines[0] == "-1 -1 -1 -1 -1|"  # every choice built-in
+    assert lines[1] == "2 4 128 1 -1|"
+    assert lines[2].startswith("-1 -1 -1 -1 -1|TRIATTENTION_CUDA_TUNE: bad setting 'compact_slice=96' (expected")
     assert "bad setting 'score_waves='" in lines[3]
     assert "bad setting 'waves=2'" in lines[4]
-    assert lines[5] == "0 0 0 1 0|"
-    assert "bad setting 'score_stages=1'" in lines[6]
-    assert lines[7] == "0 0 0 0 3|"
+    assert lines[5] == "-1 -1 -1 1 -1|"
+    assert "bad setting 'score_stages=0'" in lines[6]
+    assert lines[7] == "-1 -1 -1 -1 3|"
     assert "bad setting 'compact_stages=9'" in lines[8]
 
 

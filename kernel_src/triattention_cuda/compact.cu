@@ -220,9 +220,11 @@ cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const i
   // 64-byte slices keep whole DRAM bursts per row; with few (b, h, cache) rows, 32-byte slices double the blocks.
   const int64_t row_sets = B * H * n_caches;
   const int slice_bytes =
-      tuning.compact_slice > 0 ? tuning.compact_slice : (row_sets * 4 >= 2 * static_cast<int64_t>(sms) ? 64 : 32);
+      or_builtin(tuning.compact_slice, row_sets * 4 >= 2 * static_cast<int64_t>(sms) ? 64 : 32);
   const int64_t tile_bytes = int64_t{kThreads} * kUnitsPerThread * 16;
-  const int stages = static_cast<int>(std::min<int64_t>(tuning.compact_stages, max_smem_optin / tile_bytes));
+  const int stages = static_cast<int>(
+      std::min<int64_t>(or_builtin(tuning.compact_stages, kBuiltinCompactStages), max_smem_optin / tile_bytes));
+  const bool pipelined = or_builtin(tuning.compact_pipeline, kBuiltinCompactPipeline) == 1;
   std::vector<SlicedCache> entries;
   for (int64_t i = 0; i < n_caches; ++i) {
     const CompactCache& c = caches[i];
@@ -244,7 +246,7 @@ cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const i
     const int nn = static_cast<int>(n);
     const cudaError_t err =
         stages >= 2 ? launch_mode<2>(batch, nn, indices, B, H, K, max_slices, stages, stages * tile_bytes, stream)
-        : tuning.compact_pipeline ? launch_mode<1>(batch, nn, indices, B, H, K, max_slices, 0, 0, stream)
+        : pipelined ? launch_mode<1>(batch, nn, indices, B, H, K, max_slices, 0, 0, stream)
                                   : launch_mode<0>(batch, nn, indices, B, H, K, max_slices, 0, 0, stream);
     if (err) return err;
   }

@@ -247,7 +247,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Launch choices of the fast path (tuning.h), resolved once per call.
 struct FastLaunch {
-  int sms, waves, stages;  // stages 0: register path; 2..8: staged path (16-bit keys)
+  int sms, waves, stages;  // stages 1: register path; 2..8: staged path (16-bit keys)
   int64_t max_smem;
 };
 
@@ -321,7 +321,8 @@ cudaError_t launch_score_keys(const ScoreKeysArgs& a, int sms, int64_t max_smem_
                               cudaStream_t stream) {
   if (a.B * a.Hkv * a.G * a.N == 0) return cudaSuccess;
   if (fast_path_applies(a)) {
-    const FastLaunch f{sms, tuning.score_waves > 0 ? tuning.score_waves : 1, tuning.score_stages, max_smem_optin};
+    const FastLaunch f{sms, or_builtin(tuning.score_waves, kBuiltinScoreWaves),
+                       or_builtin(tuning.score_stages, kBuiltinScoreStages), max_smem_optin};
     return with_key_type(a.key_type, [&](auto tag) {
       using scalar_t = decltype(tag);
       if (a.D == 128)
