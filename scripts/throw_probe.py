@@ -46,8 +46,14 @@ def _ops(backend: str):
     return importlib.import_module(kernel.__name__ + "._ops").ops
 
 
+# The start of each case's own error message: any other RuntimeError (no driver, no variant) is not the answer.
+EXPECTED = {"torch_cpu": "shape '[3]' is invalid", "torch_cuda": "shape '[3]' is invalid", "kernel_cpu": "rotary_dim",
+            "kernel_cuda": "rotary_dim", "kernel_cuda_host": "keys must be a CUDA tensor",
+            "kernel_cuda_compact": "must be [B=1, H=2"}
+
+
 def run_case(name: str) -> None:
-    """Raise the case's error; print the message when it arrives as a RuntimeError."""
+    """Raise the case's error; print the message when it arrives as the expected RuntimeError (exit 4 on another)."""
     import torch
 
     device = "cuda" if "cuda" in name and name != "kernel_cuda_host" else "cpu"
@@ -69,7 +75,11 @@ def run_case(name: str) -> None:
             trig, norm = torch.randn(1, 6, 1, 64, device=device), torch.randn(1, 6, 32, device=device)
             ops.score_keys(torch.empty(1, 6, 10, device=device), keys, trig, norm, 63, False)
     except RuntimeError as err:
-        print("RAISED:", str(err).splitlines()[0])
+        message = str(err).splitlines()[0] if str(err) else ""
+        if EXPECTED[name] not in message:
+            print("RAISED ANOTHER ERROR:", message)
+            sys.exit(4)
+        print("RAISED:", message)
         return
     print("NOT RAISED")
     sys.exit(3)
