@@ -317,23 +317,37 @@ class Check:
         return 0 if self.results["ok"] else 1
 
 
-def fastest_settings(rows: list) -> list:
-    """Per (op, shape) of the --tune sweep: the fastest setting whose output equals the built-in one's, and its
-    speedup over the built-in launch (what to adopt as the built-in next)."""
+def fastest_settings(rows: list) -> dict:
+    """From the --tune sweep: per (op, shape) the fastest setting whose output equals the built-in one's; and per op
+    the setting to adopt as built-in (tuning.h kBuiltin*; compact_slice: the rule in compact.cu): identical output
+    on every shape, not slower than the built-in launch on any, the best geometric-mean speedup (none when no
+    setting beats the built-in one)."""
     cases = {}
     for r in rows:
         shape = {k: v for k, v in r.items() if k not in ("tune", "ms", "GBps", "pct_hbm", "same")}
         cases.setdefault(json.dumps(shape), []).append(r)
-    out = []
+    per_shape, speedups = [], {}  # speedups[(op, tune)] = [built-in ms / ms per shape], None when output differs
     for shape, rs in cases.items():
         builtin = next((r for r in rs if r["tune"] == "built-in"), None)
-        same = [r for r in rs if r.get("same", True)]
-        if builtin and same:
-            best = min(same, key=lambda r: r["ms"])
-            out.append({**json.loads(shape), "tune": best["tune"], "ms": best["ms"], "pct_hbm": best.get("pct_hbm"),
-                        "vs_builtin": round(builtin["ms"] / best["ms"], 3),
-                        "differs": [r["tune"] for r in rs if not r.get("same", True)]})
-    return out
+        if builtin is None:
+            continue
+        for r in rs:
+            speedups.setdefault((builtin["op"], r["tune"]), []).append(
+                builtin["ms"] / r["ms"] if r.get("same", True) else None)
+        best = min((r for r in rs if r.get("same", True)), key=lambda r: r["ms"])
+        per_shape.append({**json.loads(shape), "tune": best["tune"], "ms": best["ms"], "pct_hbm": best.get("pct_hbm"),
+                          "vs_builtin": round(builtin["ms"] / best["ms"], 3),
+                          "differs": [r["tune"] for r in rs if not r.get("same", True)]})
+    adopt = {}
+    for (op, tune), xs in speedups.items():
+        if tune == "built-in" or None in xs or min(xs) < 0.98:  # 2 %: the run-to-run spread of the medians
+            continue
+        geomean = 1.0
+        for x in xs:
+            geomean *= x ** (1 / len(xs))
+        if geomean > adopt.get(op, {}).get("geomean_speedup", 1.0):
+            adopt[op] = {"tune": tune, "geomean_speedup": round(geomean, 3), "min_speedup": round(min(xs), 3)}
+    return {"per_shape": per_shape, "adopt": adopt}
 
 
 def _pytest_summary(text: str) -> dict:
