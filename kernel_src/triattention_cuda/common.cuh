@@ -120,6 +120,15 @@ inline cudaError_t with_key_type(KeyType type, F&& f) {
 // The error of the launch just made (a bad configuration shows up here, not at the next sync).
 inline cudaError_t launched() { return cudaGetLastError(); }
 
+// Lets `kernel` launch with `bytes` of dynamic shared memory (above 48 KB it must opt in). The function pointer goes
+// as const void*: HIP has only that overload (hipified, this is hipFuncSetAttribute).
+template <typename Kernel>
+inline cudaError_t allow_dynamic_smem(Kernel kernel, int64_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
+}
+
 // cp.async (sm_80+): global loads straight into shared memory, so the bytes in flight are bounded by shared memory
 // instead of registers. Elsewhere (ROCm, sm < 80) kHaveCpAsync is false and callers take their register path.
 #if !defined(TRIATT_ROCM) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)

@@ -195,11 +195,7 @@ template <int kMode>
 cudaError_t launch_mode(const CompactBatch& batch, int n, const int64_t* indices, int64_t B, int64_t H, int64_t K,
                         int max_slices, int stages, int64_t smem, cudaStream_t stream) {
   auto kernel = compact_kernel<kMode>;
-  if (smem > 48 * 1024) {
-    if (const cudaError_t err =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)))
-      return err;
-  }
+  if (const cudaError_t err = allow_dynamic_smem(kernel, smem)) return err;
   kernel<<<dim3(B * H * max_slices, n), kThreads, smem, stream>>>(batch, indices, H, K, max_slices, stages);
   return launched();
 }

@@ -254,11 +254,7 @@ struct FastLaunch {
 template <typename Kernel, typename scalar_t>
 cudaError_t launch_fast_kernel(Kernel kernel, const ScoreKeysArgs& a, const FastLaunch& f, int keys_per_block_step,
                                int64_t smem, cudaStream_t stream, const scalar_t* keys, int stages) {
-  if (smem > 48 * 1024) {
-    if (const cudaError_t err =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)))
-      return err;
-  }
+  if (const cudaError_t err = allow_dynamic_smem(kernel, smem)) return err;
   // One wave of resident blocks (by default) spread over the (b, kv head) rows; each block then loops over its row,
   // so its weight loads are paid once for many keys and no second, partial wave is left at the end.
   int resident = 0;

@@ -81,11 +81,7 @@ cudaError_t launch_generic(const ScoreKeysArgs& a, int64_t max_smem_optin, cudaS
   const int64_t smem = key_bytes + per_launch * head_bytes;
   const dim3 grid((a.N + kTileKeys - 1) / kTileKeys, a.B * a.Hkv);
   auto kernel = score_keys_generic_kernel<scalar_t>;
-  if (smem > 48 * 1024) {
-    if (const cudaError_t err =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)))
-      return err;
-  }
+  if (const cudaError_t err = allow_dynamic_smem(kernel, smem)) return err;
   for (int64_t h0 = 0; h0 < a.G; h0 += per_launch) {
     const int64_t gs = std::min<int64_t>(per_launch, a.G - h0);
     kernel<<<grid, kThreads, key_bytes + gs * head_bytes, stream>>>(
