@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,27 +79,34 @@ def main() -> int:
     sources, headers, _ = vc.kernel_files("rocm")
     cu_sources = [s for s in sources if s.suffix == ".cu"]
     WORK.mkdir(parents=True, exist_ok=True)
-    offload = [f"--offload-arch={a}" for a in args.archs]
-    keys = {src: digest([src, *headers, *sorted((ROOT / "kernel_src").rglob("*.cuh")), " ".join(FLAGS + offload),
-                         version]) for src in cu_sources}
-    stamps = {src: WORK / f"{src.stem}.ok" for src in cu_sources}
-    todo = [s for s in cu_sources if args.force or not stamps[s].exists() or stamps[s].read_text() != keys[s]]
-    for src in cu_sources:
-        if src not in todo:
-            print(f"cached ok: {src.relative_to(ROOT)} (hipcc)")
-    hipified = hipify(todo) if todo else {}
-    failed = 0
-    for src in todo:
-        cmd = [hipcc, *FLAGS, *offload, "-c", str(hipified[src]), "-o", str(WORK / f"{src.stem}.o")]
+    # One job per (file, arch), so the two cores share score_keys.cu (most of the time) too.
+    jobs = [(src, arch) for src in cu_sources for arch in args.archs]
+    inputs = [*headers, *sorted((ROOT / "kernel_src").rglob("*.cuh"))]
+    keys = {job: digest([job[0], *inputs, " ".join(FLAGS), job[1], version]) for job in jobs}
+    stamps = {job: WORK / f"{job[0].stem}.{job[1]}.ok" for job in jobs}
+    todo = [j for j in jobs if args.force or not stamps[j].exists() or stamps[j].read_text() != keys[j]]
+    for src, arch in jobs:
+        if (src, arch) not in todo:
+            print(f"cached ok: {src.relative_to(ROOT)} (hipcc, {arch})")
+    hipified = hipify(sorted({src for src, _ in todo})) if todo else {}
+
+    def compile_one(job):
+        src, arch = job
+        cmd = [hipcc, *FLAGS, f"--offload-arch={arch}", "-c", str(hipified[src]),
+               "-o", str(WORK / f"{src.stem}.{arch}.o")]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         dt = time.perf_counter() - t0
         if proc.returncode == 0:
-            stamps[src].write_text(keys[src])
-            print(f"ok: {src.relative_to(ROOT)} (hipcc, {dt:.0f} s)")
-        else:
-            failed += 1
-            print(f"FAILED: {src.relative_to(ROOT)} (hipcc, {dt:.0f} s)\n{(proc.stdout + proc.stderr)[-6000:]}")
+            stamps[job].write_text(keys[job])
+            return f"ok: {src.relative_to(ROOT)} (hipcc, {arch}, {dt:.0f} s)", True
+        return f"FAILED: {src.relative_to(ROOT)} (hipcc, {arch}, {dt:.0f} s)\n{(proc.stdout + proc.stderr)[-6000:]}", False
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:  # one per core
+        results = list(pool.map(compile_one, todo))
+    for line, _ in results:
+        print(line)
+    failed = sum(1 for _, ok in results if not ok)
     print(json.dumps({"hipcc": version, "archs": args.archs, "failed": failed}))
     return 1 if failed else 0
 
