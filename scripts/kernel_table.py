@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""The README's kernel table from a bench_kernels.json (benchmarks/bench_kernels.py --json), so figures go from a GPU
+run into the README without retyping: one markdown row per op and shape family (the sizes of N joined by " / "),
+time, GB/s (% of HBM), speedup over the pure-torch path, and the old-flush time where it was measured.
+
+Usage: python scripts/kernel_table.py docs/gpu/session3/bench_kernels.json
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+OPS = {"score_keys": "`score_keys`", "zscore": "`zscore_group_reduce`", "select_topk": "`select_topk`, k 2048",
+       "compact": "`compact_`, K and V 2176 → 2048"}
+
+
+def size(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def family(r: dict) -> str:
+    if "rows" in r:
+        return f"{r['rows']} rows"
+    return f"B {r['B']}"
+
+
+def rows(results: dict) -> list:
+    lines = []
+    for op, label in OPS.items():
+        groups = {}
+        for r in results.get(op, []):
+            groups.setdefault(family(r), []).append(r)
+        for fam, rs in groups.items():
+            ns = " / ".join(size(r["N"]) for r in rs if "N" in r)
+            shape = f"{fam}, N {ns}" if ns else fam
+            time = " / ".join(f"{r['ms'] * 1e3:.1f}" for r in rs) + " µs"
+            bw = " / ".join(f"{r['GBps']:.0f} ({r['pct_hbm']:.0f} %)" if "pct_hbm" in r else f"{r['GBps']:.0f}"
+                            for r in rs)
+            speed = " / ".join(f"{r['speedup']:.1f}x" for r in rs)
+            old = " / ".join(f"{r['ms_write_flush'] * 1e3:.1f}" for r in rs if "ms_write_flush" in r)
+            lines.append(f"| {label} | {shape} | {time} | {bw} | {speed} | {old + ' µs' if old else ''} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", type=Path, help="a bench_kernels.json")
+    args = parser.parse_args()
+    try:
+        data = json.loads(args.json.read_text())
+    except (OSError, ValueError) as err:
+        print(f"kernel_table: cannot read {args.json}: {err}", file=sys.stderr)
+        return 2
+    if "results" not in data:
+        print(f"kernel_table: {args.json} has no 'results' (write it with bench_kernels.py --json)", file=sys.stderr)
+        return 2
+    print(f"{data.get('gpu', data.get('device'))}, torch {data.get('torch')}, L2 flush {data.get('l2_flush')}, "
+          f"median of {data.get('reps')}; % of {data.get('peak_GBps')} GB/s")
+    print()
+    print("| op | shape | time | GB/s (% of HBM) | vs torch | time with the old (write) flush |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows(data["results"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The GPU-run tooling that can be checked without a GPU: the README table from a recorded bench_kernels.json, and
+the adoption rule gpu_check applies to a --tune sweep."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import gpu_check  # noqa: E402
+
+
+def test_kernel_table_from_the_second_gpu_session():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_table.py"),
+                           str(ROOT / "docs" / "gpu" / "session2" / "bench_kernels.json")],
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("NVIDIA H200, torch 2.11.0+cu130")
+    score_b1 = next(ln for ln in lines if ln.startswith("| `score_keys` | B 1,"))
+    assert "8.7 / 28.6 / 84.8 µs" in score_b1 and "2491 (52 %)" in score_b1 and "3363 (70 %)" in score_b1
+    assert any(ln.startswith("| `compact_`, K and V 2176 → 2048 | B 8 | 65.5 µs | 2048 (43 %) | 3.1x") for ln in lines)
+
+
+def test_kernel_table_names_a_missing_file_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_table.py"), str(tmp_path / "none.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read" in proc.stderr
+
+
+def _row(op, n, tune, ms, same=True):
+    return {"op": op, "B": 1, "N": n, "tune": tune, "ms": ms, "same": same}
+
+
+def test_adoption_needs_identical_output_everywhere_and_a_gain_beyond_noise():
+    rows = [
+        _row("score_keys", 32768, "built-in", 0.0286), _row("score_keys", 131072, "built-in", 0.0848),
+        # faster on both shapes: adopted, with the geometric mean of 0.0286/0.020 and 0.0848/0.070
+        _row("score_keys", 32768, "score_stages=4", 0.020), _row("score_keys", 131072, "score_stages=4", 0.070),
+        # faster still on one shape but its output differs there: never adopted
+        _row("score_keys", 32768, "score_stages=6", 0.015, same=False), _row("score_keys", 131072, "score_stages=6", 0.05),
+        _row("compact_", 2048, "built-in", 0.0655),
+        _row("compact_", 2048, "compact_slice=128", 0.0645),  # 1.6 %: within the noise
+    ]
+    got = gpu_check.fastest_settings(rows)
+    adopt = got["adopt"]
+    assert set(adopt) == {"score_keys"}
+    assert adopt["score_keys"]["tune"] == "score_stages=4"
+    assert adopt["score_keys"]["geomean_speedup"] == round(((0.0286 / 0.020) * (0.0848 / 0.070)) ** 0.5, 3)
+    per_shape = {r["N"]: r for r in got["per_shape"] if r["op"] == "score_keys"}
+    assert per_shape[32768]["tune"] == "score_stages=4" and per_shape[32768]["differs"] == ["score_stages=6"]
+    assert per_shape[131072]["tune"] == "score_stages=6"  # identical there, and fastest
