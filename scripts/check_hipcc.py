@@ -12,15 +12,12 @@ Usage: python scripts/check_hipcc.py [--archs gfx906 gfx90a gfx1030] [--force]
 """
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,13 +57,6 @@ def hipify(sources: list) -> dict:
     return out
 
 
-def digest(parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.read_bytes() if isinstance(p, Path) else str(p).encode())
-    return h.hexdigest()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=ARCHS)
@@ -82,7 +72,7 @@ def main() -> int:
     # One job per (file, arch), so the two cores share score_keys.cu (most of the time) too.
     jobs = [(src, arch) for src in cu_sources for arch in args.archs]
     inputs = [*headers, *sorted((ROOT / "kernel_src").rglob("*.cuh"))]
-    keys = {job: digest([job[0], *inputs, " ".join(FLAGS), job[1], version]) for job in jobs}
+    keys = {job: vc.digest([job[0], *inputs, " ".join(FLAGS), job[1], version]) for job in jobs}
     stamps = {job: WORK / f"{job[0].stem}.{job[1]}.ok" for job in jobs}
     todo = [j for j in jobs if args.force or not stamps[j].exists() or stamps[j].read_text() != keys[j]]
     for src, arch in jobs:
@@ -90,23 +80,11 @@ def main() -> int:
             print(f"cached ok: {src.relative_to(ROOT)} (hipcc, {arch})")
     hipified = hipify(sorted({src for src, _ in todo})) if todo else {}
 
-    def compile_one(job):
-        src, arch = job
-        cmd = [hipcc, *FLAGS, f"--offload-arch={arch}", "-c", str(hipified[src]),
-               "-o", str(WORK / f"{src.stem}.{arch}.o")]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        dt = time.perf_counter() - t0
-        if proc.returncode == 0:
-            stamps[job].write_text(keys[job])
-            return f"ok: {src.relative_to(ROOT)} (hipcc, {arch}, {dt:.0f} s)", True
-        return f"FAILED: {src.relative_to(ROOT)} (hipcc, {arch}, {dt:.0f} s)\n{(proc.stdout + proc.stderr)[-6000:]}", False
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:  # one per core
-        results = list(pool.map(compile_one, todo))
-    for line, _ in results:
-        print(line)
-    failed = sum(1 for _, ok in results if not ok)
+    checks = [(src.relative_to(ROOT), f"hipcc, {arch}",
+               [hipcc, *FLAGS, f"--offload-arch={arch}", "-c", str(hipified[src]),
+                "-o", str(WORK / f"{src.stem}.{arch}.o")], env, stamps[(src, arch)], keys[(src, arch)])
+              for src, arch in todo]
+    failed = vc.run_compile_checks(checks)
     print(json.dumps({"hipcc": version, "archs": args.archs, "failed": failed}))
     return 1 if failed else 0
 

@@ -17,8 +17,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from torch.utils import cpp_extension
@@ -65,13 +63,6 @@ def includes() -> list:
     return [f"-I{d}" for d in dirs]
 
 
-def digest(parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.read_bytes() if isinstance(p, Path) else str(p).encode())
-    return h.hexdigest()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=["80", "90"])
@@ -91,26 +82,16 @@ def main() -> int:
     for src in HOST_SOURCES:
         jobs.append((src, [cxx, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror", "-DCUDA_KERNEL", *inc,
                            f"-I{cuda_include()}", str(src)]))
-    def compile_one(job):
-        src, cmd = job
-        key = digest([src, *HEADERS, " ".join(cmd), version])
+    checks = []
+    for src, cmd in jobs:
+        key = vc.digest([src, *HEADERS, " ".join(cmd), version])
         stamp = WORK / (hashlib.sha1(" ".join(cmd).encode()).hexdigest()[:12] + ".ok")
         if not args.force and stamp.exists() and stamp.read_text() == key:
-            return f"cached ok: {src.relative_to(ROOT)} ({Path(cmd[0]).name})", True
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        dt = time.perf_counter() - t0
-        if proc.returncode == 0:
-            stamp.write_text(key)
-            return f"ok: {src.relative_to(ROOT)} ({Path(cmd[0]).name}, {dt:.0f} s)", True
-        return f"FAILED: {src.relative_to(ROOT)} ({Path(cmd[0]).name}, {dt:.0f} s)\n{proc.stderr[-6000:]}", False
-
-    # Compilers are separate processes: one per core (nvcc of score_keys.cu alone is most of the time).
-    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        results = list(pool.map(compile_one, jobs))
-    for line, _ in results:
-        print(line)
-    failed = sum(1 for _, ok in results if not ok)
+            print(f"cached ok: {src.relative_to(ROOT)} ({Path(cmd[0]).name})")
+        else:
+            checks.append((src.relative_to(ROOT), Path(cmd[0]).name, cmd, None, stamp, key))
+    # nvcc of score_keys.cu alone is most of the time: the other files share the second core.
+    failed = vc.run_compile_checks(checks)
     print(json.dumps({"nvcc": version, "archs": args.archs, "failed": failed}))
     return 1 if failed else 0
 

@@ -46,7 +46,7 @@ def _ops(backend: str):
     return importlib.import_module(kernel.__name__ + "._ops").ops
 
 
-# The start of each case's own error message: any other RuntimeError (no driver, no variant) is not the answer.
+# A part of each case's own error message: any other RuntimeError (no driver, no variant) is not the answer.
 EXPECTED = {"torch_cpu": "shape '[3]' is invalid", "torch_cuda": "shape '[3]' is invalid", "kernel_cpu": "rotary_dim",
             "kernel_cuda": "rotary_dim", "kernel_cuda_host": "keys must be a CUDA tensor",
             "kernel_cuda_compact": "must be [B=1, H=2"}

@@ -9,7 +9,10 @@ differ), as kernel-builder derives it. Used by ``build_cpu_variant.py``, ``build
 import hashlib
 import json
 import shutil
+import os
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -112,6 +115,37 @@ def inputs_hash(files, extra) -> str:
         h.update(p.read_bytes())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def digest(parts) -> str:
+    """sha256 of files (their bytes) and strings, in order: the cache key of a compile check."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.read_bytes() if isinstance(p, Path) else str(p).encode())
+    return h.hexdigest()
+
+
+def run_compile_checks(jobs: list) -> int:
+    """Runs compile-only checks, one per core (compilers are separate processes). ``jobs``: (label, tool, cmd, env or
+    None, stamp, key); a job that succeeds writes ``key`` to ``stamp`` (callers skip jobs whose stamp holds it).
+    Prints one line per job, in order; returns how many failed."""
+    def one(job):
+        label, tool, cmd, env, stamp, key = job
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        dt = time.perf_counter() - t0
+        if proc.returncode == 0:
+            stamp.write_text(key)
+            return f"ok: {label} ({tool}, {dt:.0f} s)", True
+        return f"FAILED: {label} ({tool}, {dt:.0f} s)\n{(proc.stdout + proc.stderr)[-6000:]}", False
+
+    if not jobs:
+        return 0
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        results = list(pool.map(one, jobs))
+    for line, _ in results:
+        print(line)
+    return sum(1 for _, ok in results if not ok)
 
 
 def write_registration_h(include_dir: Path) -> None:
