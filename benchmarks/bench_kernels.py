@@ -149,11 +149,12 @@ def compact_inputs(b, gen, dev):
     return caches, idx.view(b, HKV, k).to(dev)
 
 
-def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev) -> list:
+def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev, rows: list, save) -> None:
     """score_keys and compact_ under each TRIATTENTION_CUDA_TUNE setting of their own ("score_*", "compact_*"; "" = the
     built-in launch shapes), each setting's output also compared bit for bit with the built-in one's ("same"), so a
-    winner is known correct."""
-    rows, old = [], os.environ.get("TRIATTENTION_CUDA_TUNE")
+    winner is known correct. Rows go into `rows` and are saved one by one: a setting that kills the process (a
+    device-side trap) leaves the figures before it."""
+    old = os.environ.get("TRIATTENTION_CUDA_TUNE")
     cases = []  # (op, shape, bytes, timed call, fresh output of one call)
     for b, n in score_shapes:
         keys, trig, norm, scores = score_inputs(b, n, gen, dev)
@@ -191,13 +192,13 @@ def sweep(ops, timer, settings, peak, score_shapes, compact_bs, gen, dev) -> lis
                       + (f" {r['pct_hbm']:5.1f}%" if peak else "") + ("" if r["same"] else "  OUTPUT DIFFERS"),
                       flush=True)
                 rows.append(r)
+                save()
             del expected
     finally:
         if old is None:
             os.environ.pop("TRIATTENTION_CUDA_TUNE", None)
         else:
             os.environ["TRIATTENTION_CUDA_TUNE"] = old
-    return rows
 
 
 def main() -> None:
@@ -280,7 +281,8 @@ def main() -> None:
         save()
     if args.tune:
         tune_shapes = [s for s in score_shapes if s[1] >= 32768] or score_shapes
-        out["tuning"] = sweep(ops, timer, args.tune, peak, tune_shapes, compact_bs, gen, dev)
+        out["tuning"] = []
+        sweep(ops, timer, args.tune, peak, tune_shapes, compact_bs, gen, dev, out["tuning"], save)
     save()
 
 

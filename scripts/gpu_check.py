@@ -51,11 +51,12 @@ BENCH_TUNE = ["score_waves=2", "score_waves=4", "score_stages=1", "score_stages=
               "compact_slice=32", "compact_slice=128", "compact_slice=256", "compact_pipeline=1",
               "compact_slice=128,compact_pipeline=1", "compact_stages=3", "compact_slice=128,compact_stages=3",
               "compact_slice=256,compact_stages=3", "compact_slice=256,compact_stages=6",
-              "compact_stages=1,compact_pipeline=0"]
-# The code paths no built-in launch takes (staged score_keys, pipelined and staged compact_), through the contract
-# tests: one pytest run per setting.
+              "compact_stages=1,compact_pipeline=0", "compact_chunk=8192", "compact_chunk=16384",
+              "compact_chunk=32768", "compact_chunk=65536"]
+# The code paths no built-in launch takes (staged score_keys; pipelined, staged and chunked compact_), through the
+# contract tests: one pytest run per setting.
 TUNED_TESTS = ["score_stages=4,compact_slice=128,compact_pipeline=1",
-               "score_stages=3,compact_slice=256,compact_stages=3"]
+               "score_stages=3,compact_slice=256,compact_stages=3,compact_chunk=32768", "compact_chunk=4096"]
 
 
 class Check:
@@ -191,7 +192,8 @@ class Check:
         if self.args.dry:
             cmd = [sys.executable, "scripts/build_cpu_variant.py"]
         else:
-            cmd = [sys.executable, "scripts/build_cuda_variant.py"] + (["--archs", *self.args.archs] if self.args.archs else [])
+            cmd = [sys.executable, "scripts/build_cuda_variant.py"]
+            cmd += ["--archs", *self.args.archs] if self.args.archs else []
         res = self.run("build", cmd, self.args.build_timeout_s)
         # The build scripts print the variant dir (then a duration) on their last line.
         last = res["tail"].strip().splitlines()[-1]

@@ -81,8 +81,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     triattention::cuda::Tuning t;
     const std::string err = triattention::cuda::parse_tuning(argv[i], t);
-    std::printf("%d %d %d %d %d|%s\\n", t.score_waves, t.score_stages, t.compact_slice, t.compact_pipeline,
-                t.compact_stages, err.c_str());
+    std::printf("%d %d %d %d %d %d|%s\\n", t.score_waves, t.score_stages, t.compact_slice, t.compact_pipeline,
+                t.compact_stages, t.compact_chunk, err.c_str());
   }
 }
 ''')
@@ -90,17 +90,22 @@ int main(int argc, char** argv) {
     subprocess.run([cxx, "-std=c++17", "-Wall", "-Werror", f"-I{ROOT / 'kernel_src'}", str(src), "-o", str(exe)],
                    check=True)
     cases = ["", "score_waves=2,score_stages=4,compact_slice=128,compact_pipeline=1", "compact_slice=96", "score_waves=",
-             "waves=2", "compact_pipeline=1,", "score_stages=0", "compact_stages=3", "compact_stages=9"]
+             "waves=2", "compact_pipeline=1,", "score_stages=0", "compact_stages=3", "compact_stages=9",
+             "compact_chunk=32768,compact_stages=2", "compact_chunk=0", "compact_chunk=2048", "compact_chunk=24576"]
     lines = subprocess.run([str(exe), *cases], check=True, capture_output=True, text=True).stdout.splitlines()
-    assert lines[0] == "-1 -1 -1 -1 -1|"  # every choice built-in
-    assert lines[1] == "2 4 128 1 -1|"
-    assert lines[2].startswith("-1 -1 -1 -1 -1|TRIATTENTION_CUDA_TUNE: bad setting 'compact_slice=96' (expected")
+    assert lines[0] == "-1 -1 -1 -1 -1 -1|"  # every choice built-in
+    assert lines[1] == "2 4 128 1 -1 -1|"
+    assert lines[2].startswith("-1 -1 -1 -1 -1 -1|TRIATTENTION_CUDA_TUNE: bad setting 'compact_slice=96' (expected")
     assert "bad setting 'score_waves='" in lines[3]
     assert "bad setting 'waves=2'" in lines[4]
-    assert lines[5] == "-1 -1 -1 1 -1|"
+    assert lines[5] == "-1 -1 -1 1 -1 -1|"
     assert "bad setting 'score_stages=0'" in lines[6]
-    assert lines[7] == "-1 -1 -1 -1 3|"
+    assert lines[7] == "-1 -1 -1 -1 3 -1|"
     assert "bad setting 'compact_stages=9'" in lines[8]
+    assert lines[9] == "-1 -1 -1 -1 2 32768|"
+    assert lines[10] == "-1 -1 -1 -1 -1 0|"  # 0: the column slices, explicitly
+    assert "bad setting 'compact_chunk=2048'" in lines[11] and "compact_chunk=0|4096|8192|..|65536" in lines[11]
+    assert "bad setting 'compact_chunk=24576'" in lines[12]  # not a power of two
 
 
 def test_math_header_compiles_without_cuda(tmp_path):

@@ -245,12 +245,13 @@ def test_select_topk_rejects_nan(kernel_ops):
 
 
 def _make_caches(b, h, c, gen, layout=((torch.float32, 64), (torch.bfloat16, 64), (torch.float16, 128),
-                                        (torch.float32, 24))):
-    """Caches of several dtypes and head dims, each a view into a buffer with sentinel rows beyond C."""
+                                        (torch.float32, 24)), pad=4):
+    """Caches of several dtypes and head dims, each a view into a buffer with sentinel rows beyond C and `pad`
+    sentinel columns each side (pad 0: rows as aligned as a contiguous cache's)."""
     buffers, caches = [], []
     for dtype, d in layout:
-        buf = torch.full((b, h, c + 5, d + 8), 42.0, dtype=dtype)
-        view = buf[:, :, :c, 4 : d + 4]
+        buf = torch.full((b, h, c + 5, d + 2 * pad), 42.0, dtype=dtype)
+        view = buf[:, :, :c, pad : d + pad]
         view.copy_(torch.randn(b, h, c, d, generator=gen).to(dtype))
         buffers.append(buf)
         caches.append(view)
@@ -298,15 +299,34 @@ def test_compact_odd_widths(device_ops, device, reference_ops):
     _check_compact(device_ops, device, reference_ops, buffers, caches, idx)
 
 
-def test_compact_budget_shape(device_ops, device, reference_ops):
-    """The benchmark's shape: K and V [8, 8, 2176, 128] bf16 kept to 2048, plus an fp32 cache of odd width."""
+@pytest.mark.parametrize("pad", [0, 4])
+def test_compact_budget_shape(device_ops, device, reference_ops, pad):
+    """The benchmark's shape: K and V [8, 8, 2176, 128] bf16 kept to 2048, plus an fp32 cache of odd width; rows
+    aligned as in a contiguous cache (pad 0: what CUDA's chunked path takes) or offset views."""
     gen = torch.Generator().manual_seed(0)
     b, h, c, k = 8, 8, 2176, 2048
     layout = ((torch.bfloat16, 128), (torch.bfloat16, 128), (torch.float32, 24))
-    buffers, caches = _make_caches(b, h, c, gen, layout)
+    buffers, caches = _make_caches(b, h, c, gen, layout, pad)
     idx = _sorted_indices(b, h, c, k, gen)
     idx[0, 0] = torch.arange(k)  # identity row set
     _check_compact(device_ops, device, reference_ops, buffers, caches, idx)
+
+
+def test_compact_unsorted_far_sources(device_ops, device, reference_ops):
+    """The contract promises indices[j] >= j only: unsorted, repeated and far-ahead sources. On CUDA under
+    TRIATTENTION_CUDA_TUNE compact_chunk (gpu_check's tuned step) the aligned caches go through the chunked path,
+    where a chunk reads rows of chunks far after it; the offset view stays on the column slices."""
+    gen = torch.Generator().manual_seed(5)
+    b, h, c, k = 2, 3, 1500, 900
+    buffers, caches = _make_caches(b, h, c, gen, ((torch.bfloat16, 128), (torch.float32, 64)), pad=0)
+    offset_buffers, offset_caches = _make_caches(b, h, c, gen, ((torch.float16, 128),))
+    j = torch.arange(k)
+    idx = j + (torch.rand(b, h, k, generator=gen) * (c - j)).long()  # anywhere in [j, C)
+    idx[0, 1] = j  # identity
+    idx[1, 0] = c - 1  # every row from the last one
+    idx[1, 2] = _sorted_indices(1, 1, c, k, gen)[0, 0]
+    assert bool((idx >= j).all()) and bool((idx < c).all())
+    _check_compact(device_ops, device, reference_ops, buffers + offset_buffers, caches + offset_caches, idx)
 
 
 def test_compact_rejects_bad_indices(kernel_ops):

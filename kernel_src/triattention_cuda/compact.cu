@@ -14,7 +14,7 @@
 // (b, h, column slice of 32 or 64 bytes, cache) (tuning.h may choose other widths): B * H * slices * caches blocks,
 // each streaming K rows of its slice with up to kThreads * kUnitsPerThread vector loads in flight (more in the staged
 // variant, see compact_slice_staged). Nothing is split along j, where blocks would need to order their reads before
-// other blocks' writes.
+// other blocks' writes (compact_chunked.cu does split along j, ordering them with flags; tuning compact_chunk).
 #include "common.cuh"
 
 #include <algorithm>
@@ -211,8 +211,12 @@ int vec_bytes_for(std::initializer_list<int64_t> values) {
 
 cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
                            int64_t H, int64_t K, int sms, int64_t max_smem_optin, const Tuning& tuning,
-                           cudaStream_t stream) {
+                           int* workspace, cudaStream_t stream) {
   if (n_caches == 0 || B * H * K == 0) return cudaSuccess;
+  const int chunk_bytes = compact_chunk_bytes(tuning, max_smem_optin);
+  if (const cudaError_t err =
+          launch_compact_chunked(caches, n_caches, indices, B, H, K, chunk_bytes, workspace, stream))
+    return err;
   // 64-byte slices keep whole DRAM bursts per row; with few (b, h, cache) rows, 32-byte slices double the blocks.
   const int64_t row_sets = B * H * n_caches;
   const int slice_bytes =
@@ -224,7 +228,7 @@ cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const i
   std::vector<SlicedCache> entries;
   for (int64_t i = 0; i < n_caches; ++i) {
     const CompactCache& c = caches[i];
-    if (c.row_bytes == 0) continue;
+    if (c.row_bytes == 0 || compact_chunkable(c, chunk_bytes)) continue;
     SlicedCache e{c.base, c.stride_b, c.stride_h, c.stride_c, c.capacity, 0, 1, 1, 1};
     e.vec_bytes = vec_bytes_for({static_cast<int64_t>(reinterpret_cast<uintptr_t>(e.base)), e.stride_b,
                                  e.stride_h, e.stride_c, c.row_bytes});

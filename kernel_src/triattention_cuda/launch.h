@@ -86,9 +86,25 @@ struct CompactCache {
   int64_t row_bytes;                     // D * element size
 };
 
+// `workspace`: compact_workspace_ints(..., compact_chunk_bytes(tuning, max_smem_optin)) zeroed ints, or nullptr
+// when that is 0.
 cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
                            int64_t H, int64_t K, int sms, int64_t max_smem_optin, const Tuning& tuning,
-                           cudaStream_t stream);
+                           int* workspace, cudaStream_t stream);
+
+// The chunked path (compact_chunked.cu) takes the caches whose rows are 16-byte aligned and fit a chunk; its
+// blocks take tickets and publish "reads done" flags, which need compact_workspace_ints zeroed ints. compact.cu
+// sends it those caches and the others through its column slices.
+// Chunk bytes of a launch (0: no chunked path): the tuning's, while a chunk fits the shared memory of a block.
+inline int compact_chunk_bytes(const Tuning& tuning, int64_t max_smem_optin) {
+  const int bytes = or_builtin(tuning.compact_chunk, kBuiltinCompactChunk);
+  return bytes <= max_smem_optin ? bytes : 0;
+}
+bool compact_chunkable(const CompactCache& cache, int chunk_bytes);
+int64_t compact_workspace_ints(const CompactCache* caches, int64_t n_caches, int64_t B, int64_t H, int64_t K,
+                               int chunk_bytes);
+cudaError_t launch_compact_chunked(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
+                                   int64_t H, int64_t K, int chunk_bytes, int* workspace, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace triattention

@@ -112,8 +112,14 @@ void compact_(at::TensorList caches, at::Tensor const& indices) {
     views.push_back({static_cast<char*>(c.data_ptr()), c.stride(0) * es, c.stride(1) * es, c.stride(2) * es,
                      c.size(2), c.size(3) * es});
   }
-  C10_CUDA_CHECK(tc::launch_compact(views.data(), static_cast<int64_t>(views.size()), indices.data_ptr<int64_t>(),
-                                    B, H, K, device_attribute(cudaDevAttrMultiProcessorCount, index),
-                                    device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, index), tuning(),
+  const int64_t n = static_cast<int64_t>(views.size());
+  const tc::Tuning tune = tuning();
+  const int64_t max_smem = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, index);
+  const int chunk_bytes = tc::compact_chunk_bytes(tune, max_smem);
+  const int64_t ws_ints = tc::compact_workspace_ints(views.data(), n, B, H, K, chunk_bytes);
+  const at::Tensor ws = ws_ints > 0 ? at::zeros({ws_ints}, indices.options().dtype(at::kInt)) : at::Tensor();
+  C10_CUDA_CHECK(tc::launch_compact(views.data(), n, indices.data_ptr<int64_t>(), B, H, K,
+                                    device_attribute(cudaDevAttrMultiProcessorCount, index), max_smem, tune,
+                                    ws_ints > 0 ? ws.data_ptr<int>() : nullptr,
                                     c10::cuda::getCurrentCUDAStream(index)));
 }

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Launch-shape overrides of the CUDA/ROCm ops, so one build can compare launch shapes on a GPU
-// (benchmarks/bench_kernels.py --tune) and reach the code paths not yet measured (staged through shared memory).
-// Read by the host entries from TRIATTENTION_CUDA_TUNE, e.g. "score_waves=2,score_stages=4,compact_slice=256,
-// compact_stages=3"; a setting left out keeps its built-in choice. Plain C++ (no CUDA, no torch) so it is tested with
-// the host compiler alone.
+// (benchmarks/bench_kernels.py --tune) and reach the code paths not yet measured (staged through shared memory,
+// chunked compaction). Read by the host entries from TRIATTENTION_CUDA_TUNE, e.g. "score_waves=2,score_stages=4,
+// compact_slice=256,compact_stages=3"; a setting left out keeps its built-in choice. Plain C++ (no CUDA, no torch)
+// so it is tested with the host compiler alone.
 #pragma once
 
 #include <cstdlib>
@@ -21,6 +21,8 @@ constexpr int kBuiltinScoreStages = 1;      // 1: two register buffers; 2..8: ke
 constexpr int kBuiltinCompactPipeline = 0;  // compact_: 1 = load the next tile before storing this one
 constexpr int kBuiltinCompactStages = 1;    // 1: register tiles; 2..8: tiles staged through that many cp.async
                                             // shared-memory tiles of 32 KB (16-byte units, sm_80+; fewer if too big)
+constexpr int kBuiltinCompactChunk = 0;     // 0: column slices (compact.cu); 4096..65536: blocks own chunks of that
+                                            // many bytes of whole rows, split along j (compact_chunked.cu)
 
 struct Tuning {  // -1: not set, the built-in choice
   int score_waves = -1;       // 1..16
@@ -28,6 +30,7 @@ struct Tuning {  // -1: not set, the built-in choice
   int compact_slice = -1;     // column slice in bytes, a power of two in [16, 1024]
   int compact_pipeline = -1;  // 0 | 1
   int compact_stages = -1;    // 1..8
+  int compact_chunk = -1;     // 0, or chunk bytes: a power of two in [4096, 65536]
 };
 
 inline int or_builtin(int value, int builtin) { return value >= 0 ? value : builtin; }
@@ -36,7 +39,7 @@ inline int or_builtin(int value, int builtin) { return value >= 0 ? value : buil
 inline std::string parse_tuning(const char* text, Tuning& t) {
   static const char* kForm =
       " (expected comma-separated score_waves=1..16, score_stages=1..8, compact_slice=16|32|..|1024, "
-      "compact_pipeline=0|1, compact_stages=1..8)";
+      "compact_pipeline=0|1, compact_stages=1..8, compact_chunk=0|4096|8192|..|65536)";
   std::string s = text ? text : "";
   size_t pos = 0;
   while (pos < s.size()) {
@@ -60,6 +63,9 @@ inline std::string parse_tuning(const char* text, Tuning& t) {
       t.compact_pipeline = static_cast<int>(value);
     } else if (key == "compact_stages" && number && value >= 1 && value <= 8) {
       t.compact_stages = static_cast<int>(value);
+    } else if (key == "compact_chunk" && number &&
+               (value == 0 || (value >= 4096 && value <= 65536 && (value & (value - 1)) == 0))) {
+      t.compact_chunk = static_cast<int>(value);
     } else {
       return "TRIATTENTION_CUDA_TUNE: bad setting '" + item + "'" + kForm;
     }
