@@ -15,6 +15,8 @@ what it measured; each step's output goes to ``$OUT/logs/<step>.log``.
   tuned   the score_keys and compact_ contract tests again under each TRIATTENTION_CUDA_TUNE of TUNED_TESTS
   bench   benchmarks/bench_kernels.py --device cuda --json $OUT/bench_kernels.json, plus the launch shapes of
           BENCH_TUNE (--tune) next to the built-in ones
+  history when a test crashed in `tests` but not in the probe's fresh processes: the earlier test that makes it
+          crash, by a binary search over the tests that ran before it (one pytest process per trial)
   e2e     --e2e-cmd (default: benchmarks/bench_e2e.py --device cuda --json $OUT/bench_e2e.json, skipped while
           that file does not exist)
   extra   every --extra-cmd, in order
@@ -39,6 +41,9 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_findings import first_culprit, fastest_settings, pytest_summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "triattention-community/triattention"
@@ -217,7 +222,7 @@ class Check:
                    "tests/test_compiled_ops.py", *select, *[a for c in crashed for a in ("--deselect", c["test"])]]
             try:
                 res = self.run("tests", cmd, self.args.tests_timeout_s - (time.time() - started))
-                summary = _pytest_summary(res["tail"] + "\n" + self.log("tests").read_text(errors="replace"))
+                summary = pytest_summary(res["tail"] + "\n" + self.log("tests").read_text(errors="replace"))
                 break
             except RuntimeError as err:
                 text = self.log("tests").read_text(errors="replace")
@@ -226,7 +231,7 @@ class Check:
                                           text, flags=re.M))
                 victim = next((t for t in reversed(running) if t not in finished), None)
                 if "rc=-" not in str(err) or victim is None or attempt == 4:  # not a crash: a plain failure
-                    summary = _pytest_summary(text)
+                    summary = pytest_summary(text)
                     summary["crashed"] = crashed
                     self.results["tests_summary"] = summary
                     raise RuntimeError(f"{err}\n{text[-6000:]}") from None
@@ -248,8 +253,41 @@ class Check:
         for i, tune in enumerate(TUNED_TESTS):
             limit = self.args.tests_timeout_s - (time.time() - started)
             res = self.run(f"tuned{i + 1}", cmd, limit, env=dict(self.env, TRIATTENTION_CUDA_TUNE=tune))
-            runs[tune] = _pytest_summary(res["tail"])
+            runs[tune] = pytest_summary(res["tail"])
         return {"runs": runs, "s": round(time.time() - started, 1)}
+
+    def history(self) -> dict:
+        """When a contract test crashed in `tests` but the probe's fresh processes raised as they should: which
+        earlier test of that process makes it crash (gpu_findings.first_culprit; one pytest process per trial)."""
+        crashed = self.results.get("tests_summary", {}).get("crashed") or []
+        cases = self.results.get("throw_probe", {}).get("cases", {})
+        if not crashed:
+            return {"skipped": "no test crashed"}
+        fresh = ("kernel_cpu",) if self.args.dry else ("kernel_cuda", "kernel_cuda_compact")
+        if not all(cases.get(c, {}).get("ok") for c in fresh):
+            return {"skipped": "the probe's fresh processes crash too: the crash does not need an earlier test"}
+        select = ["-k", "cpu", "-m", "kernels_ci"] if self.args.dry else ["-k", "cuda"]
+        base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_compiled_ops.py"]
+        listed = self.run("history-collect", base + ["--collect-only"] + select, 60)["tail"]
+        order = re.findall(r"^(tests/test_compiled_ops\.py::\S+)$", self.log("history-collect").read_text(), re.M)
+        victim = crashed[0]["test"]
+        if victim not in order:
+            raise RuntimeError(f"{victim} is not among the collected tests:\n{listed[-1500:]}")
+        started, count = time.time(), [0]
+
+        def crashes(ids: list) -> bool:
+            count[0] += 1
+            try:
+                self.run(f"history{count[0]}", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                                *ids], 60)
+                return False
+            except RuntimeError as err:
+                if "rc=-" in str(err):  # killed by a signal
+                    return True
+                if "timed_out=True" in str(err):
+                    raise
+                return False  # a test failed, the process lived
+        return {**first_culprit(crashes, order[:order.index(victim)], victim), "s": round(time.time() - started, 1)}
 
     def run_json(self, name: str, cmd: list, limit_s: float, key: str) -> dict:
         """``run`` a script that writes ``$OUT/<key>.json`` (its ``--json``); the file, even a partial one left by a
@@ -302,6 +340,7 @@ class Check:
             self.step("tests", self.tests, need_s=30)
             self.step("tuned", self.tuned, need_s=30)
             self.step("bench", self.bench, need_s=30)
+            self.step("history", self.history, need_s=60)
         e2e = self.args.e2e_cmd
         if e2e is None and not (ROOT / "benchmarks" / "bench_e2e.py").exists():
             self.results["steps"]["e2e"] = {"ok": True, "skipped": "benchmarks/bench_e2e.py does not exist"}
@@ -317,44 +356,6 @@ class Check:
         print(f"\nDONE in {time.time() - self.t0:.0f} s: {json.dumps(brief)}\nresults: {self.out / 'gpu_results.json'}",
               flush=True)
         return 0 if self.results["ok"] else 1
-
-
-def fastest_settings(rows: list) -> dict:
-    """From the --tune sweep: per (op, shape) the fastest setting whose output equals the built-in one's; and per op
-    the setting to adopt as built-in (tuning.h kBuiltin*; compact_slice: the rule in compact.cu): identical output
-    on every shape, not slower than the built-in launch on any, the best geometric-mean speedup (none below 1.03x)."""
-    cases = {}
-    for r in rows:
-        shape = {k: v for k, v in r.items() if k not in ("tune", "ms", "GBps", "pct_hbm", "same")}
-        cases.setdefault(json.dumps(shape), []).append(r)
-    per_shape, speedups = [], {}  # speedups[(op, tune)] = [built-in ms / ms per shape], None when output differs
-    for shape, rs in cases.items():
-        builtin = next((r for r in rs if r["tune"] == "built-in"), None)
-        if builtin is None:
-            continue
-        for r in rs:
-            speedups.setdefault((builtin["op"], r["tune"]), []).append(
-                builtin["ms"] / r["ms"] if r.get("same", True) else None)
-        best = min((r for r in rs if r.get("same", True)), key=lambda r: r["ms"])
-        per_shape.append({**json.loads(shape), "tune": best["tune"], "ms": best["ms"], "pct_hbm": best.get("pct_hbm"),
-                          "vs_builtin": round(builtin["ms"] / best["ms"], 3),
-                          "differs": [r["tune"] for r in rs if not r.get("same", True)]})
-    adopt = {}
-    for (op, tune), xs in speedups.items():
-        if tune == "built-in" or None in xs or min(xs) < 0.98:  # 2 %: the run-to-run spread of the medians
-            continue
-        geomean = 1.0
-        for x in xs:
-            geomean *= x ** (1 / len(xs))
-        if geomean >= 1.03 and geomean > adopt.get(op, {}).get("geomean_speedup", 0):  # a gain beyond the noise
-            adopt[op] = {"tune": tune, "geomean_speedup": round(geomean, 3), "min_speedup": round(min(xs), 3)}
-    return {"per_shape": per_shape, "adopt": adopt}
-
-
-def _pytest_summary(text: str) -> dict:
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed)", text)}
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
-    return {"counts": counts, "failed": failed[:50]}
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import gpu_check  # noqa: E402
+import gpu_findings  # noqa: E402
 
 
 def test_kernel_table_from_the_second_gpu_session():
@@ -44,7 +44,7 @@ def test_adoption_needs_identical_output_everywhere_and_a_gain_beyond_noise():
         _row("compact_", 2048, "built-in", 0.0655),
         _row("compact_", 2048, "compact_slice=128", 0.0645),  # 1.6 %: within the noise
     ]
-    got = gpu_check.fastest_settings(rows)
+    got = gpu_findings.fastest_settings(rows)
     adopt = got["adopt"]
     assert set(adopt) == {"score_keys"}
     assert adopt["score_keys"]["tune"] == "score_stages=4"
@@ -52,3 +52,31 @@ def test_adoption_needs_identical_output_everywhere_and_a_gain_beyond_noise():
     per_shape = {r["N"]: r for r in got["per_shape"] if r["op"] == "score_keys"}
     assert per_shape[32768]["tune"] == "score_stages=4" and per_shape[32768]["differs"] == ["score_stages=6"]
     assert per_shape[131072]["tune"] == "score_stages=6"  # identical there, and fastest
+
+
+def test_first_culprit_bisects_to_the_test_that_arms_a_real_crash(tmp_path):
+    """A module whose test_victim dereferences NULL (a real SIGSEGV) once test_arm ran earlier in the process: the
+    search finds test_arm among eight earlier tests, and the victim alone passes."""
+    names = [f"test_{i}" for i in range(8)]
+    names[5] = "test_arm"
+    body = "import ctypes\nARMED = []\n\n"
+    for name in names:
+        body += f"def {name}():\n    {'ARMED.append(1)' if name == 'test_arm' else 'pass'}\n\n"
+    body += "def test_victim():\n    if ARMED:\n        ctypes.string_at(0)\n"
+    module = tmp_path / "test_armed.py"
+    module.write_text(body)
+
+    def crashes(ids):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ids], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        return proc.returncode < 0
+
+    ids = [f"test_armed.py::{n}" for n in names]
+    got = gpu_findings.first_culprit(crashes, ids, "test_armed.py::test_victim")
+    assert got["alone"] == "passes" and got["culprit"] == "test_armed.py::test_arm" and got["confirmed_alone"]
+    assert len(got["trials"]) <= 2 + 3  # alone, log2(8) halvings, the confirmation
+
+
+def test_first_culprit_when_the_victim_crashes_alone():
+    got = gpu_findings.first_culprit(lambda ids: True, ["a", "b"], "v")
+    assert got["alone"] == "crashes" and got["culprit"] is None and len(got["trials"]) == 1
