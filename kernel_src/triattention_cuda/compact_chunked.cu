@@ -192,7 +192,8 @@ cudaError_t launch_compact_chunked(const CompactCache* caches, int64_t n_caches,
   std::vector<const CompactCache*> taken;
   for (int64_t i = 0; i < n_caches; ++i)
     if (compact_chunkable(caches[i], chunk_bytes)) taken.push_back(caches + i);
-  if (!taken.empty() && workspace == nullptr) return cudaErrorInvalidValue;
+  if (taken.empty()) return cudaSuccess;  // chunk_bytes 0 (the column slices take every cache), or none fits
+  if (workspace == nullptr) return cudaErrorInvalidValue;
   void (*kernel)(ChunkedBatch, const int64_t*, int64_t, int64_t, unsigned int*, int*) = nullptr;
   switch (units_per_thread(chunk_bytes)) {
     case 1: kernel = compact_chunked_kernel<1>; break;

@@ -1,0 +1,89 @@
+"""The host side of the CUDA launchers, run on a machine without a GPU: nvcc builds the compact_ launchers with a
+small host program that calls them. No kernel runs (there is no driver here), so a call that tries to launch returns
+a driver error, and one that must not launch returns before it: enough to check which path a call takes and the
+workspace it sizes, the parts a GPU session should not be the first to exercise."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA_DIR = ROOT / "kernel_src" / "triattention_cuda"
+
+PROGRAM = r'''
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+#include "triattention_cuda/launch.h"
+namespace tc = triattention::cuda;
+
+static tc::CompactCache cache(char* base, int64_t row_bytes, int64_t capacity, int64_t heads) {
+  // [B, H, C, D] contiguous: strides in bytes
+  return {base, heads * capacity * row_bytes, capacity * row_bytes, row_bytes, capacity, row_bytes};
+}
+
+int main() {
+  alignas(16) static char storage[64];
+  char* aligned = storage;
+  const int64_t B = 2, H = 3, C = 1500, K = 900;
+  std::vector<tc::CompactCache> caches = {
+      cache(aligned, 256, C, H),      // bf16 D 128: 128 rows per 32 KB chunk -> 8 chunks per (b, h)
+      cache(aligned + 8, 256, C, H),  // an 8-byte offset view: column slices
+      cache(aligned, 96, C, H),       // fp32 D 24: 341 rows per chunk -> 3 chunks
+      cache(aligned, 0, C, H),        // D 0: nothing to move
+  };
+  std::printf("ints32k %lld\n", (long long)tc::compact_workspace_ints(caches.data(), 4, B, H, K, 32768));
+  std::printf("ints0 %lld\n", (long long)tc::compact_workspace_ints(caches.data(), 4, B, H, K, 0));
+  std::printf("ints_k0 %lld\n", (long long)tc::compact_workspace_ints(caches.data(), 4, B, H, 0, 32768));
+  std::vector<tc::CompactCache> many(40, cache(aligned, 256, C, H));  // two launches of <= 32 caches
+  std::printf("ints40 %lld\n", (long long)tc::compact_workspace_ints(many.data(), 40, B, H, K, 4096));
+  std::printf("chunkable_big_row %d\n", (int)tc::compact_chunkable(cache(aligned, 8192, C, H), 4096));
+  tc::Tuning t;
+  std::printf("bytes_builtin %d\n", tc::compact_chunk_bytes(t, 232448));
+  t.compact_chunk = 65536;
+  std::printf("bytes_64k %d %d\n", tc::compact_chunk_bytes(t, 232448), tc::compact_chunk_bytes(t, 49152));
+  int ws[256] = {0};
+  const int64_t* idx = nullptr;
+  // chunk 0 (the built-in) and chunk sizes no cache takes: nothing to launch, success
+  std::printf("launch0 %d\n", (int)tc::launch_compact_chunked(caches.data(), 4, idx, B, H, K, 0, nullptr, 0));
+  std::printf("launch_none %d\n",
+              (int)tc::launch_compact_chunked(caches.data() + 1, 1, idx, B, H, K, 32768, nullptr, 0));
+  // chunkable caches but no workspace: refused before any launch
+  std::printf("launch_nows %d\n", (int)tc::launch_compact_chunked(caches.data(), 1, idx, B, H, K, 32768, nullptr, 0));
+  // a real launch attempt: no driver here, so a driver error (not success, not the refusal above)
+  const cudaError_t err = tc::launch_compact_chunked(caches.data(), 1, idx, B, H, K, 32768, ws, 0);
+  std::printf("launch_try %d\n", (int)err);
+  std::printf("invalid_value %d\n", (int)cudaErrorInvalidValue);
+  return 0;
+}
+'''
+
+
+def test_compact_launch_planning(tmp_path):
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not Path(nvcc).exists():
+        pytest.skip("nvcc not found (the CUDA toolkit compiles the launchers; CI has it)")
+    src = tmp_path / "plan.cu"
+    src.write_text(PROGRAM)
+    exe = tmp_path / "plan"
+    cmd = [nvcc, "-std=c++20", "-O1", "--expt-relaxed-constexpr", "-gencode=arch=compute_90,code=sm_90",
+           f"-I{ROOT / 'kernel_src'}", str(src), str(CUDA_DIR / "compact.cu"), str(CUDA_DIR / "compact_chunked.cu"),
+           "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # a GPU machine behaves as this one: no device
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, env=env, timeout=60).stdout
+    got = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    # one counter, then B * H * chunks flags of each chunkable cache: 6 * 8 (D 128) + 6 * 3 (D 24)
+    assert got["ints32k"] == "67"
+    assert got["ints0"] == "0" and got["ints_k0"] == "0"
+    # 4 KB chunks of 256-byte rows: 16 rows, 57 chunks per (b, h); 40 caches = 32 + 8 in two launches
+    assert got["ints40"] == str(2 + 40 * 6 * 57)
+    assert got["chunkable_big_row"] == "0"  # a row larger than a chunk stays on the column slices
+    assert got["bytes_builtin"] == "0"
+    assert got["bytes_64k"] == "65536 0"  # a chunk that does not fit a block's shared memory: off
+    assert got["launch0"] == "0" and got["launch_none"] == "0"
+    assert got["launch_nows"] == got["invalid_value"]
+    assert got["launch_try"] not in ("0", got["invalid_value"])
