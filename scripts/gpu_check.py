@@ -230,7 +230,8 @@ class Check:
                 finished = set(re.findall(r"^(tests/test_compiled_ops\.py::\S+) (?:PASSED|FAILED|SKIPPED|ERROR)",
                                           text, flags=re.M))
                 victim = next((t for t in reversed(running) if t not in finished), None)
-                if "rc=-" not in str(err) or victim is None or attempt == 4:  # not a crash: a plain failure
+                # not a crash: a plain failure, or the time limit (its SIGKILL is no crash either)
+                if "rc=-" not in str(err) or "timed_out=True" in str(err) or victim is None or attempt == 4:
                     summary = pytest_summary(text)
                     summary["crashed"] = crashed
                     self.results["tests_summary"] = summary
@@ -282,11 +283,9 @@ class Check:
                                                 *ids], 60)
                 return False
             except RuntimeError as err:
-                if "rc=-" in str(err):  # killed by a signal
-                    return True
-                if "timed_out=True" in str(err):
+                if "timed_out=True" in str(err):  # killed by us (SIGKILL), not by a crash
                     raise
-                return False  # a test failed, the process lived
+                return "rc=-" in str(err)  # killed by a signal; otherwise a test failed and the process lived
         return {**first_culprit(crashes, order[:order.index(victim)], victim), "s": round(time.time() - started, 1)}
 
     def run_json(self, name: str, cmd: list, limit_s: float, key: str) -> dict:
