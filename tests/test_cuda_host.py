@@ -1,8 +1,16 @@
-"""The host side of the CUDA launchers, run on a machine without a GPU: nvcc builds the compact_ launchers with a
-small host program that calls them. No kernel runs (there is no driver here), so a call that tries to launch returns
-a driver error, and one that must not launch returns before it: enough to check which path a call takes and the
-workspace it sizes, the parts a GPU session should not be the first to exercise."""
+"""CUDA code checked on a machine without a GPU, the parts a GPU session should not be the first to exercise.
+
+- The launchers' host side: nvcc builds the compact_ launchers with a small host program that calls them. No kernel
+  runs (there is no driver), so a call that tries to launch returns a driver error and one that must not launch
+  returns before it: which path a call takes, and the workspace it sizes.
+- compact_chunked.cu's kernel run on the CPU: the file is compiled by the host compiler against tests/cuda_on_cpu/
+  common.cuh (blocks in order, each block's threads as std::threads meeting at a barrier), its three CUDA-only forms
+  rewritten into that header's calls, and its results compared with an out-of-place gather
+  (tests/cuda_on_cpu/compact_chunked_check.cpp). The index arithmetic and the flags' bookkeeping, not the GPU's memory
+  model or concurrent blocks.
+"""
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -87,3 +95,39 @@ def test_compact_launch_planning(tmp_path):
     assert got["launch0"] == "0" and got["launch_none"] == "0"
     assert got["launch_nows"] == got["invalid_value"]
     assert got["launch_try"] not in ("0", got["invalid_value"])
+
+
+def _cuda_include() -> Path:
+    nvcc = shutil.which("nvcc")
+    for base in ([Path(nvcc).resolve().parent.parent] if nvcc else []) + [Path("/usr/local/cuda")]:
+        if (base / "include" / "cuda_runtime_api.h").exists():
+            return base / "include"
+    pytest.skip("no CUDA headers (cuda_runtime_api.h): the CUDA toolkit is needed to compile the kernel file")
+
+
+def test_compact_chunked_kernel_on_the_cpu(tmp_path):
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx!r})")
+    include = _cuda_include()
+    src = (CUDA_DIR / "compact_chunked.cu").read_text()
+    # The CUDA-only forms, into tests/cuda_on_cpu/common.cuh's stand-ins (blocks run one at a time, so a block's
+    # __shared__ variable may be one static).
+    src, n_smem = re.subn(r"extern __shared__ __align__\(\d+\) unsigned char (\w+)\[\];",
+                          r"unsigned char* \1 = ::shim::block_smem();", src)
+    src, n_static = re.subn(r"\b__shared__ ", "static ", src)
+    src, n_launch = re.subn(r"(\w+)<<<(.*?)>>>\(", r"::shim::launch(\1, \2, ", src, flags=re.S)
+    assert (n_smem, n_static, n_launch) == (1, 1, 1), "compact_chunked.cu changed form: update the rewrites"
+    (tmp_path / "compact_chunked.cpp").write_text(src)
+    shutil.copy(ROOT / "tests" / "cuda_on_cpu" / "common.cuh", tmp_path / "common.cuh")
+    exe = tmp_path / "check"
+    cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-unknown-pragmas", f"-I{tmp_path}", f"-I{CUDA_DIR}",
+           f"-I{ROOT / 'kernel_src'}", f"-I{include}", str(tmp_path / "compact_chunked.cpp"),
+           str(ROOT / "tests" / "cuda_on_cpu" / "compact_chunked_check.cpp"), "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    lines = run.stdout.strip().splitlines()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert lines == [f"ok {name}" for name in ("far_32k", "mixed_4k", "sorted_16k", "wide_rows_64k",
+                                                 "many_caches_8k", "k_equals_c", "k_one")]
