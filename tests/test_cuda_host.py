@@ -3,11 +3,11 @@
 - The launchers' host side: nvcc builds the compact_ launchers with a small host program that calls them. No kernel
   runs (there is no driver), so a call that tries to launch returns a driver error and one that must not launch
   returns before it: which path a call takes, and the workspace it sizes.
-- compact_chunked.cu's kernel run on the CPU: the file is compiled by the host compiler against tests/cuda_on_cpu/
-  common.cuh (blocks in order, each block's threads as std::threads meeting at a barrier), its three CUDA-only forms
-  rewritten into that header's calls, and its results compared with an out-of-place gather
-  (tests/cuda_on_cpu/compact_chunked_check.cpp). The index arithmetic and the flags' bookkeeping, not the GPU's memory
-  model or concurrent blocks.
+- compact_'s kernels run on the CPU: compact.cu and compact_chunked.cu compiled by the host compiler against
+  tests/cuda_on_cpu/common.cuh (blocks in order, each block's threads as std::threads meeting at a barrier), their
+  CUDA-only forms rewritten into that header's calls, and launch_compact's results under launch settings compared
+  with an out-of-place gather (tests/cuda_on_cpu/compact_check.cpp). The index arithmetic, the tiles' barriers
+  within a block and the flags' bookkeeping; not the GPU's memory model, cp.async or concurrent blocks.
 """
 import os
 import re
@@ -105,29 +105,38 @@ def _cuda_include() -> Path:
     pytest.skip("no CUDA headers (cuda_runtime_api.h): the CUDA toolkit is needed to compile the kernel file")
 
 
-def test_compact_chunked_kernel_on_the_cpu(tmp_path):
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        pytest.skip(f"no C++ compiler ({cxx!r})")
-    include = _cuda_include()
-    src = (CUDA_DIR / "compact_chunked.cu").read_text()
-    # The CUDA-only forms, into tests/cuda_on_cpu/common.cuh's stand-ins (blocks run one at a time, so a block's
-    # __shared__ variable may be one static).
+def _on_cpu(name: str) -> str:
+    """A kernel file's source with its CUDA-only forms rewritten into tests/cuda_on_cpu/common.cuh's stand-ins
+    (blocks run one at a time there, so a block's __shared__ variable may be one static)."""
+    src = (CUDA_DIR / name).read_text()
     src, n_smem = re.subn(r"extern __shared__ __align__\(\d+\) unsigned char (\w+)\[\];",
                           r"unsigned char* \1 = ::shim::block_smem();", src)
     src, n_static = re.subn(r"\b__shared__ ", "static ", src)
     src, n_launch = re.subn(r"(\w+)<<<(.*?)>>>\(", r"::shim::launch(\1, \2, ", src, flags=re.S)
-    assert (n_smem, n_static, n_launch) == (1, 1, 1), "compact_chunked.cu changed form: update the rewrites"
-    (tmp_path / "compact_chunked.cpp").write_text(src)
+    assert n_smem == 1 and n_launch == 1 and "__shared__" not in src, f"{name} changed form: update the rewrites"
+    return src
+
+
+def test_compact_kernels_on_the_cpu(tmp_path):
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx!r})")
+    include = _cuda_include()
     shutil.copy(ROOT / "tests" / "cuda_on_cpu" / "common.cuh", tmp_path / "common.cuh")
+    sources = []
+    for name in ("compact.cu", "compact_chunked.cu"):
+        sources.append(tmp_path / name.replace(".cu", ".cpp"))
+        sources[-1].write_text(_on_cpu(name))
     exe = tmp_path / "check"
     cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-unknown-pragmas", f"-I{tmp_path}", f"-I{CUDA_DIR}",
-           f"-I{ROOT / 'kernel_src'}", f"-I{include}", str(tmp_path / "compact_chunked.cpp"),
-           str(ROOT / "tests" / "cuda_on_cpu" / "compact_chunked_check.cpp"), "-o", str(exe)]
+           f"-I{ROOT / 'kernel_src'}", f"-I{include}", *map(str, sources),
+           str(ROOT / "tests" / "cuda_on_cpu" / "compact_check.cpp"), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    lines = run.stdout.strip().splitlines()
     assert run.returncode == 0, run.stdout + run.stderr
-    assert lines == [f"ok {name}" for name in ("far_32k", "mixed_4k", "sorted_16k", "wide_rows_64k",
-                                                 "many_caches_8k", "k_equals_c", "k_one")]
+    assert run.stdout.split() == ["ok", "slices_builtin", "ok", "slices_32_pipelined", "ok", "slices_256_pipelined",
+                                  "ok", "slices_1024", "ok", "slices_stages_fallback", "ok", "chunks_32k",
+                                  "ok", "chunks_4k_mixed", "ok", "chunks_16k_sorted", "ok", "chunks_wide_rows_64k",
+                                  "ok", "chunks_row_too_wide", "ok", "chunks_many_caches_8k",
+                                  "ok", "chunks_k_equals_c", "ok", "chunks_k_one"]
