@@ -109,34 +109,57 @@ def _on_cpu(name: str) -> str:
     """A kernel file's source with its CUDA-only forms rewritten into tests/cuda_on_cpu/common.cuh's stand-ins
     (blocks run one at a time there, so a block's __shared__ variable may be one static)."""
     src = (CUDA_DIR / name).read_text()
-    src, n_smem = re.subn(r"extern __shared__ __align__\(\d+\) unsigned char (\w+)\[\];",
-                          r"unsigned char* \1 = ::shim::block_smem();", src)
-    src, n_static = re.subn(r"\b__shared__ ", "static ", src)
-    src, n_launch = re.subn(r"(\w+)<<<(.*?)>>>\(", r"::shim::launch(\1, \2, ", src, flags=re.S)
-    assert n_smem == 1 and n_launch == 1 and "__shared__" not in src, f"{name} changed form: update the rewrites"
+    src = re.sub(r"extern __shared__ (?:__align__\(\d+\) )?(unsigned char|float) (\w+)\[\];",
+                 r"\1* \2 = reinterpret_cast<\1*>(::shim::block_smem());", src)
+    src = re.sub(r"\b__shared__ ", "static ", src)
+    src = re.sub(r"(\w+)<<<(.*?)>>>\(", r"::shim::launch(\1, \2, ", src, flags=re.S)
+    src = re.sub(r'asm\("sqrt\.approx\.f32 %0, %1;" : "=f"\((\w+)\) : "f"\((.*?)\)\);',
+                 r"\1 = ::shim::sqrt_approx(\2);", src)
+    for form in ("__shared__", "<<<", "asm("):
+        assert form not in src, f"{name} has a CUDA-only form the rewrites miss: {form}"
     return src
 
 
-def test_compact_kernels_on_the_cpu(tmp_path):
+def _run_on_cpu(tmp_path, files, check: str, cp_async: bool = True) -> list:
+    """Build ``files`` (rewritten) with tests/cuda_on_cpu/``check`` and the stand-in header; its output lines."""
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         pytest.skip(f"no C++ compiler ({cxx!r})")
     include = _cuda_include()
-    shutil.copy(ROOT / "tests" / "cuda_on_cpu" / "common.cuh", tmp_path / "common.cuh")
+    work = tmp_path / ("cp_async" if cp_async else "registers")
+    work.mkdir()
+    shutil.copy(ROOT / "tests" / "cuda_on_cpu" / "common.cuh", work / "common.cuh")
     sources = []
-    for name in ("compact.cu", "compact_chunked.cu"):
-        sources.append(tmp_path / name.replace(".cu", ".cpp"))
+    for name in files:
+        sources.append(work / name.replace(".cu", ".cpp"))
         sources[-1].write_text(_on_cpu(name))
-    exe = tmp_path / "check"
-    cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-unknown-pragmas", f"-I{tmp_path}", f"-I{CUDA_DIR}",
-           f"-I{ROOT / 'kernel_src'}", f"-I{include}", *map(str, sources),
-           str(ROOT / "tests" / "cuda_on_cpu" / "compact_check.cpp"), "-o", str(exe)]
+    exe = work / "check"
+    cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-unknown-pragmas", f"-DSHIM_CP_ASYNC={int(cp_async)}",
+           f"-I{work}", f"-I{CUDA_DIR}", f"-I{ROOT / 'kernel_src'}", f"-I{include}", *map(str, sources),
+           str(ROOT / "tests" / "cuda_on_cpu" / check), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.split() == ["ok", "slices_builtin", "ok", "slices_32_pipelined", "ok", "slices_256_pipelined",
-                                  "ok", "slices_1024", "ok", "slices_stages_fallback", "ok", "chunks_32k",
-                                  "ok", "chunks_4k_mixed", "ok", "chunks_16k_sorted", "ok", "chunks_wide_rows_64k",
-                                  "ok", "chunks_row_too_wide", "ok", "chunks_many_caches_8k",
-                                  "ok", "chunks_k_equals_c", "ok", "chunks_k_one"]
+    return run.stdout.strip().splitlines()
+
+
+COMPACT_CASES = ["slices_builtin", "slices_32_pipelined", "slices_256_pipelined", "slices_1024", "slices_stages",
+                 "chunks_32k", "chunks_4k_mixed", "chunks_16k_sorted", "chunks_wide_rows_64k", "chunks_row_too_wide",
+                 "chunks_many_caches_8k", "chunks_k_equals_c", "chunks_k_one"]
+
+
+@pytest.mark.parametrize("cp_async", [True, False], ids=["cp_async", "registers"])
+def test_compact_kernels_on_the_cpu(tmp_path, cp_async):
+    """launch_compact under launch settings: the column slices (plain, pipelined, staged by cp.async, or its
+    register fallback) and the chunks, for odd vector widths, offsets and index patterns."""
+    lines = _run_on_cpu(tmp_path, ["compact.cu", "compact_chunked.cu"], "compact_check.cpp", cp_async)
+    assert lines == [f"ok {name}" for name in COMPACT_CASES]
+
+
+def test_score_keys_kernels_on_the_cpu(tmp_path):
+    """launch_score_keys: the fast path's register and cp.async-staged loops (score_stages 1, 3, 4, 8; waves 2) with
+    their shuffles, and the generic path, against OPS.md's formula in double precision."""
+    lines = _run_on_cpu(tmp_path, ["score_keys.cu", "score_keys_generic.cu"], "score_check.cpp")
+    assert lines and all(line.startswith("ok ") for line in lines), "\n".join(lines)
+    assert len(lines) == 7 * 5

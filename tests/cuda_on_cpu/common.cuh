@@ -1,23 +1,37 @@
 // SPDX-License-Identifier: Apache-2.0
-// A CPU stand-in for kernel_src/triattention_cuda/common.cuh, so tests/test_cuda_host.py can run the compact_ kernel
-// files on a machine without a GPU: each block's threads are std::threads meeting at a std::barrier for
-// __syncthreads, blocks run one after another in launch order (x fastest, then y). It checks the kernels' index
-// arithmetic and results; not the GPU's memory model, cp.async (kHaveCpAsync is false: the register paths), warp
-// shuffles (none here) or concurrent blocks. The test copies the kernel files next to this header and rewrites their
-// CUDA-only forms (dynamic shared memory, a static __shared__ variable, the <<<>>> launch) into the shim:: calls.
+// A CPU stand-in for kernel_src/triattention_cuda/common.cuh, so tests/test_cuda_host.py can run the kernel files
+// of score_keys and compact_ on a machine without a GPU: each block's threads are std::threads meeting at a
+// std::barrier for __syncthreads, blocks run one after another in launch order (x fastest, then y). It checks the
+// kernels' index arithmetic and results; not the GPU's memory model, timing or concurrent blocks.
+// - Warp shuffles: the 32 lanes of a warp exchange through a buffer between two warp barriers (the kernels shuffle
+//   with every lane, as they must on a GPU).
+// - cp.async (SHIM_CP_ASYNC=1, the default): a copy is only recorded when issued and is done when a
+//   cp.async.wait_group lets it finish, the latest a GPU may do it. A slot read before its wait holds garbage, and a
+//   source overwritten between issue and wait is read overwritten: both show up as wrong results. SHIM_CP_ASYNC=0
+//   takes the register paths of sm_75 and ROCm.
+// The test copies the kernel files next to this header and rewrites their CUDA-only forms (dynamic shared memory,
+// a static __shared__ variable, the <<<>>> launch, one PTX instruction) into the shim:: calls below.
 #pragma once
 
 #include <cuda_runtime_api.h>  // cudaError_t, cudaStream_t: plain host declarations
-#include <vector_types.h>      // uint4, dim3
+#include <vector_types.h>      // uint2, uint4, dim3
 
 #include <atomic>
 #include <barrier>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
+#include "../triattention_math.h"
 #include "launch.h"
+
+#ifndef SHIM_CP_ASYNC
+#define SHIM_CP_ASYNC 1
+#endif
 
 #undef __global__
 #undef __device__
@@ -28,29 +42,58 @@
 #define __launch_bounds__(...)
 
 namespace shim {
+constexpr int kWarp = 32;
+
+struct Warp {  // one warp's exchange buffer for shuffles
+  std::barrier<> barrier{kWarp};
+  uint64_t slot[kWarp];
+};
+
+struct Copy {  // a recorded cp.async
+  void* dst;
+  const void* src;
+  size_t bytes;
+  bool valid;
+};
+
 inline thread_local dim3 thread_idx{0, 0, 0};
 inline thread_local dim3 block_idx{0, 0, 0};
+inline thread_local dim3 block_dim{1, 1, 1};
+inline thread_local dim3 grid_dim{1, 1, 1};
 inline thread_local std::barrier<>* block_barrier = nullptr;
+inline thread_local Warp* warp = nullptr;
+inline thread_local std::vector<Copy> open_group;
+inline thread_local std::vector<std::vector<Copy>> committed;
+
 inline std::vector<unsigned char>& smem() {
   static std::vector<unsigned char> bytes;
   return bytes;
 }
 inline unsigned char* block_smem() { return smem().data(); }
 
-// kernel<<<grid, block, smem_bytes, stream>>>(args...): blocks in order, each with `block` threads.
+inline float sqrt_approx(float x) { return std::sqrt(x); }  // sqrt.approx.f32 (a few ulp off on a GPU)
+
+// kernel<<<grid, block, smem_bytes, stream>>>(args...): blocks in order, each with `block` threads, one std::thread
+// per block thread walking the blocks together.
 template <typename Kernel, typename... Args>
 void launch(Kernel kernel, dim3 grid, int block, int64_t smem_bytes, cudaStream_t, Args... args) {
   smem().assign(static_cast<size_t>(smem_bytes) + 64, 0xA5);  // garbage, as on a GPU
   std::barrier<> barrier(block);
-  std::vector<std::thread> threads;  // one thread per block thread, walking the blocks together
+  std::vector<std::unique_ptr<Warp>> warps;
+  for (int w = 0; w < (block + kWarp - 1) / kWarp; ++w) warps.push_back(std::make_unique<Warp>());
+  std::vector<std::thread> threads;
   for (int t = 0; t < block; ++t) {
     threads.emplace_back([&, t] {
       thread_idx = dim3(static_cast<unsigned int>(t), 0, 0);
+      block_dim = dim3(static_cast<unsigned int>(block), 1, 1);
+      grid_dim = grid;
       block_barrier = &barrier;
+      warp = warps[t / kWarp].get();
       for (unsigned int y = 0; y < grid.y; ++y) {
         for (unsigned int x = 0; x < grid.x; ++x) {
           block_idx = dim3(x, y, 0);
           kernel(args...);
+          if (!open_group.empty() || !committed.empty()) std::abort();  // a copy left in flight at block end
           barrier.arrive_and_wait();  // the block is done before the next one starts (shared memory is reused)
         }
       }
@@ -58,30 +101,113 @@ void launch(Kernel kernel, dim3 grid, int block, int64_t smem_bytes, cudaStream_
   }
   for (auto& th : threads) th.join();
 }
+
+inline void finish_copies(size_t pending) {
+  while (committed.size() > pending) {
+    for (const Copy& c : committed.front()) {
+      if (c.valid) {
+        std::memcpy(c.dst, c.src, c.bytes);
+      } else {
+        std::memset(c.dst, 0, c.bytes);
+      }
+    }
+    committed.erase(committed.begin());
+  }
+}
 }  // namespace shim
 
 #define threadIdx (::shim::thread_idx)
 #define blockIdx (::shim::block_idx)
+#define blockDim (::shim::block_dim)
+#define gridDim (::shim::grid_dim)
 inline void __syncthreads() { shim::block_barrier->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __nanosleep(unsigned int) { std::this_thread::yield(); }
 [[noreturn]] inline void __trap() { std::abort(); }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+inline float __uint_as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+template <typename Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int, size_t) {
+  *blocks = 2;  // what ptxas's register counts give the fast paths on sm_90
+  return cudaSuccess;
+}
 
 namespace triattention {
 namespace cuda {
+namespace tmath = triattention::math;
+
 constexpr int kThreads = 256;
+constexpr int kLaneGroup = 32;
+constexpr bool kHaveCpAsync = SHIM_CP_ASYNC != 0;
+
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-constexpr bool kHaveCpAsync = false;
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+template <typename T>
+T shfl_xor(T v, int lane_mask, int width) {
+  static_assert(sizeof(T) <= 8, "shuffled values fit a slot");
+  const int lane = static_cast<int>(threadIdx.x) % shim::kWarp;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  shim::warp->slot[lane] = bits;
+  shim::warp->barrier.arrive_and_wait();
+  const int group = lane / width * width, src = group + ((lane - group) ^ lane_mask);
+  bits = shim::warp->slot[src < group + width ? src : lane];
+  shim::warp->barrier.arrive_and_wait();
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+
+struct bf16_bits {
+  uint16_t x;
+};
+struct f16_bits {
+  uint16_t x;
+};
+inline float to_float(float x) { return x; }
+inline float to_float(bf16_bits v) { return __uint_as_float(static_cast<uint32_t>(v.x) << 16); }
+inline float to_float(f16_bits v) {  // IEEE half -> float (__half2float)
+  const uint32_t sign = (v.x & 0x8000u) << 16, exp = (v.x >> 10) & 0x1f, man = v.x & 0x3ffu;
+  if (exp == 0x1f) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+  if (exp != 0) return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
+  const float sub = std::ldexp(static_cast<float>(man), -24);  // zero and subnormals
+  return sign ? -sub : sub;
+}
+
+template <typename F>
+inline cudaError_t with_key_type(KeyType type, F&& f) {
+  switch (type) {
+    case KeyType::kFloat32: return f(float{});
+    case KeyType::kBFloat16: return f(bf16_bits{});
+    case KeyType::kFloat16: return f(f16_bits{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 template <typename raw_t>
-inline void cp_async(raw_t*, const void*, bool) { std::abort(); }  // never reached: kHaveCpAsync is false
-inline void cp_async_commit() {}
+inline void cp_async(raw_t* dst, const void* src, bool valid) {
+  shim::open_group.push_back({dst, src, sizeof(raw_t), valid});
+}
+inline void cp_async_commit() {
+  shim::committed.push_back(std::move(shim::open_group));
+  shim::open_group.clear();
+}
 template <int kPending>
-inline void cp_async_wait() {}
-inline void cp_async_wait_pending(int) { std::abort(); }
+inline void cp_async_wait() {
+  shim::finish_copies(kPending);
+}
+inline void cp_async_wait_pending(int pending) { shim::finish_copies(static_cast<size_t>(pending)); }
+
 inline cudaError_t launched() { return cudaSuccess; }
 template <typename Kernel>
-inline cudaError_t allow_dynamic_smem(Kernel, int64_t) { return cudaSuccess; }
+inline cudaError_t allow_dynamic_smem(Kernel, int64_t) {
+  return cudaSuccess;
+}
 }  // namespace cuda
 }  // namespace triattention

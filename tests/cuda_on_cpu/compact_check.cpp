@@ -108,7 +108,8 @@ int main() {
   std::mt19937_64 rng(7);
   const Layout bf16_128{256, 0, 0}, fp32_24{96, 0, 0}, offset8{256, 8, 16}, odd2{126, 2, 4}, fp32_5{20, 4, 12};
   const std::vector<Case> cases = {
-      // column slices, built-in and tuned (compact_stages needs cp.async: here it takes the register path)
+      // column slices, built-in and tuned (compact_stages: tiles staged by cp.async for 16-byte units, else the
+      // register path)
       {"slices_builtin", 2, 3, 300, 200, {bf16_128, offset8, odd2, fp32_5}, "", "mixed"},
       // K = 1025: with 32-byte slices of 16-byte units a pipelined tile is 512 rows, and the last one holds one row
       {"slices_32_pipelined", 2, 2, 1200, 1025, {bf16_128, odd2, fp32_24}, "compact_slice=32,compact_pipeline=1",
@@ -116,7 +117,7 @@ int main() {
       {"slices_256_pipelined", 1, 3, 1200, 1100, {bf16_128, offset8}, "compact_slice=256,compact_pipeline=1",
        "sorted"},
       {"slices_1024", 1, 2, 300, 250, {Layout{4096, 0, 0}, fp32_24}, "compact_slice=1024", "mixed"},
-      {"slices_stages_fallback", 1, 2, 400, 300, {bf16_128}, "compact_stages=3", "far"},
+      {"slices_stages", 1, 2, 400, 300, {bf16_128, offset8}, "compact_stages=3", "far"},
       // chunks: bf16 D 128 rows (16 units) and fp32 D 24 rows (6 units: a row boundary inside a thread's step);
       // the unaligned caches of the same call go to the column slices
       {"chunks_32k", 2, 3, 700, 420, {bf16_128, fp32_24, offset8, odd2}, "compact_chunk=32768", "far"},
