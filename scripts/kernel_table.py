@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """The README's kernel table from a bench_kernels.json (benchmarks/bench_kernels.py --json), so figures go from a GPU
 run into the README without retyping: one markdown row per op and shape family (the sizes of N joined by " / "),
-time, GB/s (% of HBM), speedup over the pure-torch path, and the old-flush time where it was measured.
+time, GB/s (% of HBM), speedup over the pure-torch path, and the old-flush time where it was measured. With a
+--tune sweep in the file, a second table: per op and shape the built-in launch against the fastest setting whose
+output is identical, and the setting gpu_check's rule adopts (so an adopted setting's figures need no second run:
+making it built-in runs the same code).
 
 Usage: python scripts/kernel_table.py docs/gpu/session3/bench_kernels.json
 """
@@ -9,6 +12,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_findings import fastest_settings  # noqa: E402
 
 OPS = {"score_keys": "`score_keys`", "zscore": "`zscore_group_reduce`", "select_topk": "`select_topk`, k 2048",
        "compact": "`compact_`, K and V 2176 → 2048"}
@@ -42,6 +48,29 @@ def rows(results: dict) -> list:
     return lines
 
 
+def sweep_rows(tuning: list) -> list:
+    """The second table's rows from bench_kernels.json's "tuning" list."""
+    found = fastest_settings(tuning)
+    adopt = {op: a["tune"] for op, a in found["adopt"].items()}
+    lines = []
+    for best in found["per_shape"]:
+        op = best["op"]
+        shape = ", ".join(f"{k} {size(v) if k == 'N' else v}" for k, v in best.items()
+                          if k in ("B", "N", "K"))
+        builtin = next(r for r in tuning if r["op"] == op and r["tune"] == "built-in"
+                       and all(r.get(k) == best.get(k) for k in ("B", "N", "K")))
+        chosen = adopt.get(op)
+        adopted = next((r for r in tuning if r["op"] == op and r["tune"] == chosen
+                        and all(r.get(k) == best.get(k) for k in ("B", "N", "K"))), None)
+
+        def cell(r):
+            pct = f" ({r['pct_hbm']:.0f} %)" if r.get("pct_hbm") is not None else ""
+            return f"{r['ms'] * 1e3:.1f} µs{pct}"
+        lines.append(f"| `{op}` | {shape} | {cell(builtin)} | `{best['tune']}`: {cell(best)} | "
+                     + (f"`{chosen}`: {cell(adopted)}" if adopted else "none") + " |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, help="a bench_kernels.json")
@@ -60,6 +89,11 @@ def main() -> int:
     print("| op | shape | time | GB/s (% of HBM) | vs torch | time with the old (write) flush |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows(data["results"])))
+    if data.get("tuning"):
+        print()
+        print("| op | shape | built-in launch | fastest identical setting | adopted (gpu_check's rule) |")
+        print("|---|---|---|---|---|")
+        print("\n".join(sweep_rows(data["tuning"])))
     return 0
 
 

@@ -80,3 +80,22 @@ def test_first_culprit_bisects_to_the_test_that_arms_a_real_crash(tmp_path):
 def test_first_culprit_when_the_victim_crashes_alone():
     got = gpu_findings.first_culprit(lambda ids: True, ["a", "b"], "v")
     assert got["alone"] == "crashes" and got["culprit"] is None and len(got["trials"]) == 1
+
+
+def test_kernel_table_shows_the_sweep_and_the_adopted_setting():
+    import kernel_table
+
+    rows = [
+        _row("score_keys", 32768, "built-in", 0.0286), _row("score_keys", 131072, "built-in", 0.0848),
+        _row("score_keys", 32768, "score_stages=4", 0.020), _row("score_keys", 131072, "score_stages=4", 0.070),
+        _row("score_keys", 32768, "score_stages=6", 0.015, same=False),
+        _row("score_keys", 131072, "score_stages=6", 0.05),
+    ]
+    for r in rows:
+        r["pct_hbm"] = round(100 * 0.0286 / r["ms"] * 0.52, 1)
+    lines = kernel_table.sweep_rows(rows)
+    assert lines[0] == ("| `score_keys` | B 1, N 32K | 28.6 µs (52 %) | `score_stages=4`: 20.0 µs (74 %) | "
+                        "`score_stages=4`: 20.0 µs (74 %) |")
+    # at 131K the faster setting differs in its output elsewhere, so the fastest identical one is named per shape
+    assert lines[1].startswith("| `score_keys` | B 1, N 128K | 84.8 µs") and "`score_stages=6`: 50.0 µs" in lines[1]
+    assert lines[1].endswith("`score_stages=4`: 70.0 µs (21 %) |")
