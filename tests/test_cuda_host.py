@@ -163,3 +163,12 @@ def test_score_keys_kernels_on_the_cpu(tmp_path):
     lines = _run_on_cpu(tmp_path, ["score_keys.cu", "score_keys_generic.cu"], "score_check.cpp")
     assert lines and all(line.startswith("ok ") for line in lines), "\n".join(lines)
     assert len(lines) == 7 * 5
+
+
+def test_select_kernels_on_the_cpu(tmp_path):
+    """zscore_group_reduce (three passes over chunks of 2048) and select_topk (a radix select over chunks whose last
+    block picks each bin): z-scores within 1e-5 with the same -inf pattern, top-k indices identical, with ties,
+    -inf and signed zeros across chunk boundaries."""
+    lines = _run_on_cpu(tmp_path, ["select.cu"], "select_check.cpp")
+    assert lines == [f"ok {name}" for name in ("zscore_g1_max", "zscore_g3_mean", "zscore_g6_max", "topk_k1",
+                                                "topk_k100", "topk_k2048", "topk_k_all", "topk_small")]

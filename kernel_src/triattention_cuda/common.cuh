@@ -49,49 +49,6 @@ __device__ __forceinline__ T shfl_up(T v, unsigned int delta, int width) {
 #endif
 }
 
-// Sum over a 32-lane group, every lane gets the total. A fixed butterfly: the result does not depend on timing,
-// so every block that reduces the same values gets the same bits.
-template <typename T>
-__device__ __forceinline__ T group_sum(T v) {
-#pragma unroll
-  for (int m = kLaneGroup / 2; m > 0; m >>= 1) v += shfl_xor(v, m, kLaneGroup);
-  return v;
-}
-
-// Sum over the block (kThreads threads), returned to every thread; deterministic (fixed order). `buf` holds
-// kThreads / kLaneGroup values and may be reused after the call.
-template <typename T>
-__device__ T block_sum(T v, T* buf) {
-  constexpr int kGroups = kThreads / kLaneGroup;
-  v = group_sum(v);
-  if (threadIdx.x % kLaneGroup == 0) buf[threadIdx.x / kLaneGroup] = v;
-  __syncthreads();
-  T total = buf[0];
-#pragma unroll
-  for (int i = 1; i < kGroups; ++i) total += buf[i];
-  __syncthreads();
-  return total;
-}
-
-// Exclusive prefix sum over the block (kThreads threads, in thread order); `buf` holds kThreads / kLaneGroup ints.
-__device__ __forceinline__ int block_exclusive_scan(int v, int* buf) {
-  constexpr int kGroups = kThreads / kLaneGroup;
-  const int lane = threadIdx.x % kLaneGroup, group = threadIdx.x / kLaneGroup;
-  int x = v;
-#pragma unroll
-  for (int d = 1; d < kLaneGroup; d <<= 1) {
-    const int y = shfl_up(x, d, kLaneGroup);
-    if (lane >= d) x += y;
-  }
-  if (lane == kLaneGroup - 1) buf[group] = x;
-  __syncthreads();
-  int before = 0;
-#pragma unroll
-  for (int i = 0; i < kGroups; ++i) before += i < group ? buf[i] : 0;
-  __syncthreads();
-  return before + x - v;
-}
-
 // 16-bit key elements as raw bits (the kernels convert them to fp32 themselves; both conversions are exact).
 struct bf16_bits {
   uint16_t x;
@@ -179,3 +136,5 @@ __device__ __forceinline__ void cp_async_wait_pending(int pending) {
 
 }  // namespace cuda
 }  // namespace triattention
+
+#include "block_reduce.cuh"

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // A CPU stand-in for kernel_src/triattention_cuda/common.cuh, so tests/test_cuda_host.py can run the kernel files
-// of score_keys and compact_ on a machine without a GPU: each block's threads are std::threads meeting at a
-// std::barrier for __syncthreads, blocks run one after another in launch order (x fastest, then y). It checks the
-// kernels' index arithmetic and results; not the GPU's memory model, timing or concurrent blocks.
+// of every op on a machine without a GPU (block_reduce.cuh, included at the end, is the real one): each block's
+// threads are std::threads meeting at a std::barrier for __syncthreads, blocks run one after another in launch order
+// (x fastest, then y). It checks the kernels' index arithmetic and results; not the GPU's memory model, timing or
+// concurrent blocks.
 // - Warp shuffles: the 32 lanes of a warp exchange through a buffer between two warp barriers (the kernels shuffle
 //   with every lane, as they must on a GPU).
 // - cp.async (SHIM_CP_ASYNC=1, the default): a copy is only recorded when issued and is done when a
@@ -16,6 +17,7 @@
 #include <cuda_runtime_api.h>  // cudaError_t, cudaStream_t: plain host declarations
 #include <vector_types.h>      // uint2, uint4, dim3
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -120,11 +122,15 @@ inline void finish_copies(size_t pending) {
 #define blockIdx (::shim::block_idx)
 #define blockDim (::shim::block_dim)
 #define gridDim (::shim::grid_dim)
+inline int2 make_int2(int x, int y) { return int2{x, y}; }
+using std::max;  // CUDA's global min/max of two numbers
+using std::min;
 inline void __syncthreads() { shim::block_barrier->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __nanosleep(unsigned int) { std::this_thread::yield(); }
 [[noreturn]] inline void __trap() { std::abort(); }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
 inline float __uint_as_float(uint32_t u) {
   float f;
@@ -158,6 +164,22 @@ T shfl_xor(T v, int lane_mask, int width) {
   shim::warp->barrier.arrive_and_wait();
   const int group = lane / width * width, src = group + ((lane - group) ^ lane_mask);
   bits = shim::warp->slot[src < group + width ? src : lane];
+  shim::warp->barrier.arrive_and_wait();
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+
+template <typename T>
+T shfl_up(T v, unsigned int delta, int width) {
+  static_assert(sizeof(T) <= 8, "shuffled values fit a slot");
+  const int lane = static_cast<int>(threadIdx.x) % shim::kWarp;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  shim::warp->slot[lane] = bits;
+  shim::warp->barrier.arrive_and_wait();
+  const int in_group = lane % width;  // lanes below delta in their group keep their own value
+  bits = shim::warp->slot[in_group >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane];
   shim::warp->barrier.arrive_and_wait();
   T out;
   std::memcpy(&out, &bits, sizeof(T));
@@ -211,3 +233,5 @@ inline cudaError_t allow_dynamic_smem(Kernel, int64_t) {
 }
 }  // namespace cuda
 }  // namespace triattention
+
+#include "block_reduce.cuh"  // the real group and block reductions, on the shuffles and barriers above
