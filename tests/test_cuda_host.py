@@ -3,11 +3,12 @@
 - The launchers' host side: nvcc builds the compact_ launchers with a small host program that calls them. No kernel
   runs (there is no driver), so a call that tries to launch returns a driver error and one that must not launch
   returns before it: which path a call takes, and the workspace it sizes.
-- compact_'s kernels run on the CPU: compact.cu and compact_chunked.cu compiled by the host compiler against
-  tests/cuda_on_cpu/common.cuh (blocks in order, each block's threads as std::threads meeting at a barrier), their
-  CUDA-only forms rewritten into that header's calls, and launch_compact's results under launch settings compared
-  with an out-of-place gather (tests/cuda_on_cpu/compact_check.cpp). The index arithmetic, the tiles' barriers
-  within a block and the flags' bookkeeping; not the GPU's memory model, cp.async or concurrent blocks.
+- Every op's kernels run on the CPU: the kernel files compiled by the host compiler against
+  tests/cuda_on_cpu/common.cuh (blocks in order, each block's threads as std::threads meeting at a barrier, warp
+  shuffles through a buffer, cp.async copies done at their wait; block_reduce.cuh is the real one), their CUDA-only
+  forms rewritten into that header's calls, and the launchers' results under launch settings compared with
+  kernel_src/OPS.md evaluated directly (tests/cuda_on_cpu/*_check.cpp). The index arithmetic, the barriers within a
+  block, the flags' bookkeeping; not the GPU's memory model, timing or concurrent blocks.
 """
 import os
 import re
