@@ -33,14 +33,19 @@ def _row(op, n, tune, ms, same=True):
     return {"op": op, "B": 1, "N": n, "tune": tune, "ms": ms, "same": same}
 
 
-def test_adoption_needs_identical_output_everywhere_and_a_gain_beyond_noise():
-    rows = [
+def _score_sweep():
+    return [
         _row("score_keys", 32768, "built-in", 0.0286), _row("score_keys", 131072, "built-in", 0.0848),
         # faster on both shapes: adopted, with the geometric mean of 0.0286/0.020 and 0.0848/0.070
         _row("score_keys", 32768, "score_stages=4", 0.020), _row("score_keys", 131072, "score_stages=4", 0.070),
         # faster still on one shape but its output differs there: never adopted
         _row("score_keys", 32768, "score_stages=6", 0.015, same=False),
         _row("score_keys", 131072, "score_stages=6", 0.05),
+    ]
+
+
+def test_adoption_needs_identical_output_everywhere_and_a_gain_beyond_noise():
+    rows = _score_sweep() + [
         _row("compact_", 2048, "built-in", 0.0655),
         _row("compact_", 2048, "compact_slice=128", 0.0645),  # 1.6 %: within the noise
     ]
@@ -85,12 +90,7 @@ def test_first_culprit_when_the_victim_crashes_alone():
 def test_kernel_table_shows_the_sweep_and_the_adopted_setting():
     import kernel_table
 
-    rows = [
-        _row("score_keys", 32768, "built-in", 0.0286), _row("score_keys", 131072, "built-in", 0.0848),
-        _row("score_keys", 32768, "score_stages=4", 0.020), _row("score_keys", 131072, "score_stages=4", 0.070),
-        _row("score_keys", 32768, "score_stages=6", 0.015, same=False),
-        _row("score_keys", 131072, "score_stages=6", 0.05),
-    ]
+    rows = _score_sweep()
     for r in rows:
         r["pct_hbm"] = round(100 * 0.0286 / r["ms"] * 0.52, 1)
     lines = kernel_table.sweep_rows(rows)

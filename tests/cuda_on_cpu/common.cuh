@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // A CPU stand-in for kernel_src/triattention_cuda/common.cuh, so tests/test_cuda_host.py can run the kernel files
-// of every op on a machine without a GPU (block_reduce.cuh, included at the end, is the real one): each block's
-// threads are std::threads meeting at a std::barrier for __syncthreads, blocks run one after another in launch order
-// (x fastest, then y). It checks the kernels' index arithmetic and results; not the GPU's memory model, timing or
-// concurrent blocks.
+// of every op on a machine without a GPU (block_reduce.cuh and key_types.cuh, included at the end, are the real
+// ones): each block's threads are std::threads meeting at a std::barrier for __syncthreads, blocks run one after
+// another in launch order (x fastest, then y). It checks the kernels' index arithmetic and results; not the GPU's
+// memory model, timing or concurrent blocks.
 // - Warp shuffles: the 32 lanes of a warp exchange through a buffer between two warp barriers (the kernels shuffle
 //   with every lane, as they must on a GPU).
 // - cp.async (SHIM_CP_ASYNC=1, the default): a copy is only recorded when issued and is done when a
@@ -14,6 +14,7 @@
 // a static __shared__ variable, the <<<>>> launch, one PTX instruction) into the shim:: calls below.
 #pragma once
 
+#include <cuda_fp16.h>         // __half2float and friends have host versions
 #include <cuda_runtime_api.h>  // cudaError_t, cudaStream_t: plain host declarations
 #include <vector_types.h>      // uint2, uint4, dim3
 
@@ -122,7 +123,6 @@ inline void finish_copies(size_t pending) {
 #define blockIdx (::shim::block_idx)
 #define blockDim (::shim::block_dim)
 #define gridDim (::shim::grid_dim)
-inline int2 make_int2(int x, int y) { return int2{x, y}; }
 using std::max;  // CUDA's global min/max of two numbers
 using std::min;
 inline void __syncthreads() { shim::block_barrier->arrive_and_wait(); }
@@ -154,62 +154,30 @@ constexpr bool kHaveCpAsync = SHIM_CP_ASYNC != 0;
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// Every lane of the warp publishes v, then takes lane `src`'s (its own when src is outside its group of `width`).
+template <typename T>
+T warp_exchange(T v, int src, int width) {
+  static_assert(sizeof(T) <= 8, "shuffled values fit a slot");
+  const int lane = static_cast<int>(threadIdx.x) % shim::kWarp, group = lane / width * width;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  shim::warp->slot[lane] = bits;
+  shim::warp->barrier.arrive_and_wait();
+  bits = shim::warp->slot[src >= group && src < group + width ? src : lane];
+  shim::warp->barrier.arrive_and_wait();
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
 template <typename T>
 T shfl_xor(T v, int lane_mask, int width) {
-  static_assert(sizeof(T) <= 8, "shuffled values fit a slot");
-  const int lane = static_cast<int>(threadIdx.x) % shim::kWarp;
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  shim::warp->slot[lane] = bits;
-  shim::warp->barrier.arrive_and_wait();
-  const int group = lane / width * width, src = group + ((lane - group) ^ lane_mask);
-  bits = shim::warp->slot[src < group + width ? src : lane];
-  shim::warp->barrier.arrive_and_wait();
-  T out;
-  std::memcpy(&out, &bits, sizeof(T));
-  return out;
+  const int lane = static_cast<int>(threadIdx.x) % shim::kWarp, group = lane / width * width;
+  return warp_exchange(v, group + ((lane - group) ^ lane_mask), width);
 }
-
 template <typename T>
 T shfl_up(T v, unsigned int delta, int width) {
-  static_assert(sizeof(T) <= 8, "shuffled values fit a slot");
-  const int lane = static_cast<int>(threadIdx.x) % shim::kWarp;
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  shim::warp->slot[lane] = bits;
-  shim::warp->barrier.arrive_and_wait();
-  const int in_group = lane % width;  // lanes below delta in their group keep their own value
-  bits = shim::warp->slot[in_group >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane];
-  shim::warp->barrier.arrive_and_wait();
-  T out;
-  std::memcpy(&out, &bits, sizeof(T));
-  return out;
-}
-
-struct bf16_bits {
-  uint16_t x;
-};
-struct f16_bits {
-  uint16_t x;
-};
-inline float to_float(float x) { return x; }
-inline float to_float(bf16_bits v) { return __uint_as_float(static_cast<uint32_t>(v.x) << 16); }
-inline float to_float(f16_bits v) {  // IEEE half -> float (__half2float)
-  const uint32_t sign = (v.x & 0x8000u) << 16, exp = (v.x >> 10) & 0x1f, man = v.x & 0x3ffu;
-  if (exp == 0x1f) return __uint_as_float(sign | 0x7f800000u | (man << 13));
-  if (exp != 0) return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
-  const float sub = std::ldexp(static_cast<float>(man), -24);  // zero and subnormals
-  return sign ? -sub : sub;
-}
-
-template <typename F>
-inline cudaError_t with_key_type(KeyType type, F&& f) {
-  switch (type) {
-    case KeyType::kFloat32: return f(float{});
-    case KeyType::kBFloat16: return f(bf16_bits{});
-    case KeyType::kFloat16: return f(f16_bits{});
-  }
-  return cudaErrorInvalidValue;
+  const int lane = static_cast<int>(threadIdx.x) % shim::kWarp;  // lanes below delta in their group keep theirs
+  return warp_exchange(v, lane % width >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane, width);
 }
 
 template <typename raw_t>
@@ -235,3 +203,4 @@ inline cudaError_t allow_dynamic_smem(Kernel, int64_t) {
 }  // namespace triattention
 
 #include "block_reduce.cuh"  // the real group and block reductions, on the shuffles and barriers above
+#include "key_types.cuh"     // the real key element types and conversions
