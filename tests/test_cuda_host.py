@@ -4,11 +4,12 @@
   runs (there is no driver), so a call that tries to launch returns a driver error and one that must not launch
   returns before it: which path a call takes, and the workspace it sizes.
 - Every op's kernels run on the CPU: the kernel files compiled by the host compiler against
-  tests/cuda_on_cpu/common.cuh (blocks in order, each block's threads as std::threads meeting at a barrier, warp
-  shuffles through a buffer, cp.async copies done at their wait; block_reduce.cuh is the real one), their CUDA-only
+  tests/cuda_on_cpu/common.cuh (three blocks at a time taking indices in order, each block's threads as std::threads
+  meeting at a barrier, warp shuffles through a buffer, cp.async copies done at their wait), their CUDA-only
   forms rewritten into that header's calls, and the launchers' results under launch settings compared with
   kernel_src/OPS.md evaluated directly (tests/cuda_on_cpu/*_check.cpp). The index arithmetic, the barriers within a
-  block, the flags' bookkeeping; not the GPU's memory model, timing or concurrent blocks.
+  block, the protocols between blocks (compact_'s flags, top-k's last block); not the GPU's weaker memory model or
+  its timing.
 """
 import os
 import re
@@ -106,13 +107,20 @@ def _cuda_include() -> Path:
     pytest.skip("no CUDA headers (cuda_runtime_api.h): the CUDA toolkit is needed to compile the kernel file")
 
 
+def _static_shared(m: re.Match) -> str:
+    """``__shared__ T name[dims];`` -> a reference to the block's slot for it (tests/cuda_on_cpu/common.cuh)."""
+    type_, name, dims = m.group(1), m.group(2), m.group(3)
+    if dims:
+        return f"{type_} (&{name}){dims} = ::shim::block_static<{type_}{dims}>();"
+    return f"{type_}& {name} = ::shim::block_static<{type_}>();"
+
+
 def _on_cpu(name: str) -> str:
-    """A kernel file's source with its CUDA-only forms rewritten into tests/cuda_on_cpu/common.cuh's stand-ins
-    (blocks run one at a time there, so a block's __shared__ variable may be one static)."""
+    """A kernel file's source with its CUDA-only forms rewritten into tests/cuda_on_cpu/common.cuh's stand-ins."""
     src = (CUDA_DIR / name).read_text()
     src = re.sub(r"extern __shared__ (?:__align__\(\d+\) )?(unsigned char|float) (\w+)\[\];",
                  r"\1* \2 = reinterpret_cast<\1*>(::shim::block_smem());", src)
-    src = re.sub(r"\b__shared__ ", "static ", src)
+    src = re.sub(r"__shared__ ([\w:]+) (\w+)((?:\[[^\]]+\])*);", _static_shared, src)
     src = re.sub(r"(\w+)<<<(.*?)>>>\(", r"::shim::launch(\1, \2, ", src, flags=re.S)
     src = re.sub(r'asm\("sqrt\.approx\.f32 %0, %1;" : "=f"\((\w+)\) : "f"\((.*?)\)\);',
                  r"\1 = ::shim::sqrt_approx(\2);", src)

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // A CPU stand-in for kernel_src/triattention_cuda/common.cuh, so tests/test_cuda_host.py can run the kernel files
 // of every op on a machine without a GPU (block_reduce.cuh and key_types.cuh, included at the end, are the real
-// ones): each block's threads are std::threads meeting at a std::barrier for __syncthreads, blocks run one after
-// another in launch order (x fastest, then y). It checks the kernels' index arithmetic and results; not the GPU's
-// memory model, timing or concurrent blocks.
+// ones). It checks the kernels' index arithmetic, results and cross-block protocols; not the GPU's (weaker) memory
+// model or timing.
+// - Blocks: SHIM_RESIDENT blocks run at once (default 3), each a group of std::threads meeting at a std::barrier for
+//   __syncthreads, with its own shared memory; the groups take block indices in order from one counter, as a GPU
+//   dispatches them, so a block may spin on another as it would there.
 // - Warp shuffles: the 32 lanes of a warp exchange through a buffer between two warp barriers (the kernels shuffle
 //   with every lane, as they must on a GPU).
 // - cp.async (SHIM_CP_ASYNC=1, the default): a copy is only recorded when issued and is done when a
@@ -34,6 +36,9 @@
 
 #ifndef SHIM_CP_ASYNC
 #define SHIM_CP_ASYNC 1
+#endif
+#ifndef SHIM_RESIDENT
+#define SHIM_RESIDENT 3
 #endif
 
 #undef __global__
@@ -67,45 +72,74 @@ inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local Warp* warp = nullptr;
 inline thread_local std::vector<Copy> open_group;
 inline thread_local std::vector<std::vector<Copy>> committed;
+inline thread_local unsigned char* dynamic_smem = nullptr;  // this block's extern __shared__ bytes
+inline thread_local unsigned char* static_smem = nullptr;   // and its __shared__ variables, in declaration order
+inline thread_local size_t static_used = 0;
 
-inline std::vector<unsigned char>& smem() {
-  static std::vector<unsigned char> bytes;
-  return bytes;
+inline unsigned char* block_smem() { return dynamic_smem; }
+// A __shared__ variable: the next slot of the block's static area. Every thread of a block declares the kernel's
+// variables in the same order, so they all get the same slots.
+template <typename T>
+T& block_static() {
+  static_used = (static_used + 15) / 16 * 16;
+  T* slot = reinterpret_cast<T*>(static_smem + static_used);
+  static_used += sizeof(T);
+  if (static_used > 48 * 1024) std::abort();  // a GPU's static shared memory limit
+  return *slot;
 }
-inline unsigned char* block_smem() { return smem().data(); }
 
 inline float sqrt_approx(float x) { return std::sqrt(x); }  // sqrt.approx.f32 (a few ulp off on a GPU)
 
-// kernel<<<grid, block, smem_bytes, stream>>>(args...): blocks in order, each with `block` threads, one std::thread
-// per block thread walking the blocks together.
+// One resident block: its barrier, warps and shared memory.
+struct Resident {
+  explicit Resident(int threads, int64_t smem_bytes)
+      : barrier(threads), dynamic(static_cast<size_t>(smem_bytes) + 64, 0xA5), statics(48 * 1024 + 64, 0xA5) {
+    for (int w = 0; w < (threads + kWarp - 1) / kWarp; ++w) warps.push_back(std::make_unique<Warp>());
+  }
+  std::barrier<> barrier;
+  std::vector<std::unique_ptr<Warp>> warps;
+  std::vector<unsigned char> dynamic, statics;  // filled with garbage, as on a GPU
+  unsigned int current = 0;
+};
+
+// kernel<<<grid, block, smem_bytes, stream>>>(args...): SHIM_RESIDENT blocks at a time, indices in order.
 template <typename Kernel, typename... Args>
 void launch(Kernel kernel, dim3 grid, int block, int64_t smem_bytes, cudaStream_t, Args... args) {
-  smem().assign(static_cast<size_t>(smem_bytes) + 64, 0xA5);  // garbage, as on a GPU
-  std::barrier<> barrier(block);
-  std::vector<std::unique_ptr<Warp>> warps;
-  for (int w = 0; w < (block + kWarp - 1) / kWarp; ++w) warps.push_back(std::make_unique<Warp>());
+  const unsigned int total = grid.x * grid.y;
+  std::atomic<unsigned int> next{0};
+  std::vector<std::unique_ptr<Resident>> residents;
+  for (int r = 0; r < SHIM_RESIDENT; ++r) residents.push_back(std::make_unique<Resident>(block, smem_bytes));
   std::vector<std::thread> threads;
-  for (int t = 0; t < block; ++t) {
-    threads.emplace_back([&, t] {
-      thread_idx = dim3(static_cast<unsigned int>(t), 0, 0);
-      block_dim = dim3(static_cast<unsigned int>(block), 1, 1);
-      grid_dim = grid;
-      block_barrier = &barrier;
-      warp = warps[t / kWarp].get();
-      for (unsigned int y = 0; y < grid.y; ++y) {
-        for (unsigned int x = 0; x < grid.x; ++x) {
-          block_idx = dim3(x, y, 0);
+  for (int r = 0; r < SHIM_RESIDENT; ++r) {
+    for (int t = 0; t < block; ++t) {
+      threads.emplace_back([&, r, t] {
+        Resident& res = *residents[r];
+        thread_idx = dim3(static_cast<unsigned int>(t), 0, 0);
+        block_dim = dim3(static_cast<unsigned int>(block), 1, 1);
+        grid_dim = grid;
+        block_barrier = &res.barrier;
+        warp = res.warps[t / kWarp].get();
+        dynamic_smem = res.dynamic.data();
+        static_smem = res.statics.data();
+        for (;;) {
+          if (t == 0) res.current = next.fetch_add(1);
+          res.barrier.arrive_and_wait();
+          const unsigned int b = res.current;
+          if (b >= total) break;  // every thread of the block read the same index
+          block_idx = dim3(b % grid.x, b / grid.x, 0);
+          static_used = 0;
           kernel(args...);
           if (!open_group.empty() || !committed.empty()) std::abort();  // a copy left in flight at block end
-          barrier.arrive_and_wait();  // the block is done before the next one starts (shared memory is reused)
+          res.barrier.arrive_and_wait();  // the block is done before its threads take the next one
         }
-      }
-    });
+      });
+    }
   }
   for (auto& th : threads) th.join();
 }
 
 inline void finish_copies(size_t pending) {
+  if (committed.size() > pending) std::this_thread::yield();  // let other blocks run in between: wider race windows
   while (committed.size() > pending) {
     for (const Copy& c : committed.front()) {
       if (c.valid) {
