@@ -1,5 +1,7 @@
-"""The GPU-run tooling that can be checked without a GPU: the README table from a recorded bench_kernels.json, and
-the adoption rule gpu_check applies to a --tune sweep."""
+"""The GPU-run tooling that can be checked without a GPU: the README table from a recorded bench_kernels.json, the
+adoption rule gpu_check applies to a --tune sweep, the crash bisection, and the whole check rehearsed with --dry."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import gpu_check  # noqa: E402
 import gpu_findings  # noqa: E402
 
 
@@ -99,3 +102,20 @@ def test_kernel_table_shows_the_sweep_and_the_adopted_setting():
     # at 131K the faster setting differs in its output elsewhere, so the fastest identical one is named per shape
     assert lines[1].startswith("| `score_keys` | B 1, N 128K | 84.8 µs") and "`score_stages=6`: 50.0 µs" in lines[1]
     assert lines[1].endswith("`score_stages=4`: 70.0 µs (21 %) |")
+
+
+def test_gpu_check_rehearses_every_step_on_the_cpu(tmp_path):
+    """`gpu_check.sh --dry` (what a GPU session runs, on this CPU: the CPU variant, its tests, the tuned runs, the
+    kernel benchmark with the sweep) passes every step, so a broken harness is found here and not on a device."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry", "--e2e-cmd", ""], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    results = json.loads((tmp_path / "gpu_results.json").read_text())
+    steps = {name: step.get("ok") for name, step in results["steps"].items()}
+    assert proc.returncode == 0 and all(steps.values()), (steps, proc.stdout[-3000:])
+    assert set(steps) == {"env", "wheels", "build", "probe", "tests", "tuned", "bench", "history"}
+    assert results["steps"]["history"]["result"] == {"skipped": "no test crashed"}
+    tuned = results["steps"]["tuned"]["result"]["runs"]
+    assert set(tuned) == set(gpu_check.TUNED_TESTS) and all(r["counts"].get("passed") for r in tuned.values())
+    sweep = results["bench_kernels"]["tuning"]
+    assert {r["tune"] for r in sweep} == {"built-in", *gpu_check.BENCH_TUNE} and all(r["same"] for r in sweep)
