@@ -53,6 +53,7 @@ DEFAULT_E2E = "{python} benchmarks/bench_e2e.py --device {device} --json {out}/b
 # "score_stages=1" and "compact_stages=1,compact_pipeline=0" are the register paths: the built-in ones today, the
 # baseline to compare with once a staged setting is adopted (tuning.h kBuiltin*).
 BENCH_TUNE = ["score_waves=2", "score_waves=4", "score_stages=1", "score_stages=3", "score_stages=4", "score_stages=6",
+              "score_stages=3,score_waves=2", "score_stages=4,score_waves=2",
               "compact_slice=32", "compact_slice=128", "compact_slice=256", "compact_pipeline=1",
               "compact_slice=128,compact_pipeline=1", "compact_stages=3", "compact_slice=128,compact_stages=3",
               "compact_slice=256,compact_stages=3", "compact_slice=256,compact_stages=6",
