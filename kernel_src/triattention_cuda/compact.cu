@@ -200,13 +200,6 @@ cudaError_t launch_mode(const CompactBatch& batch, int n, const int64_t* indices
   return launched();
 }
 
-int vec_bytes_for(std::initializer_list<int64_t> values) {
-  int v = 16;
-  for (int64_t x : values)
-    while (v > 1 && x % v != 0) v >>= 1;
-  return v;
-}
-
 }  // namespace
 
 cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
@@ -230,8 +223,7 @@ cudaError_t launch_compact(const CompactCache* caches, int64_t n_caches, const i
     const CompactCache& c = caches[i];
     if (c.row_bytes == 0 || compact_chunkable(c, chunk_bytes)) continue;
     SlicedCache e{c.base, c.stride_b, c.stride_h, c.stride_c, c.capacity, 0, 1, 1, 1};
-    e.vec_bytes = vec_bytes_for({static_cast<int64_t>(reinterpret_cast<uintptr_t>(e.base)), e.stride_b,
-                                 e.stride_h, e.stride_c, c.row_bytes});
+    e.vec_bytes = compact_vec_bytes(c);
     e.row_units = c.row_bytes / e.vec_bytes;
     e.slice_units = std::max(1, slice_bytes / e.vec_bytes);
     e.slices = static_cast<int>((e.row_units + e.slice_units - 1) / e.slice_units);

@@ -160,39 +160,45 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool aligned(int64_t x) { return x % kUnit == 0; }
-
 int64_t chunk_rows(const CompactCache& c, int chunk_bytes) { return chunk_bytes / c.row_bytes; }
+
+// The launches of the chunked caches: up to kMaxChunkedCaches each, with their ticket counts (one flag each).
+std::vector<std::pair<ChunkedBatch, int64_t>> plan_launches(const CompactCache* caches, int64_t n_caches, int64_t B,
+                                                            int64_t H, int64_t K, int chunk_bytes) {
+  std::vector<std::pair<ChunkedBatch, int64_t>> launches;
+  if (B * H * K == 0) return launches;
+  for (int64_t i = 0; i < n_caches; ++i) {
+    const CompactCache& c = caches[i];
+    if (!compact_chunkable(c, chunk_bytes)) continue;
+    if (launches.empty() || launches.back().first.n == kMaxChunkedCaches) launches.push_back({ChunkedBatch{}, 0});
+    auto& [batch, tickets] = launches.back();
+    const int64_t rows = chunk_rows(c, chunk_bytes);
+    batch.caches[batch.n++] = {c.base, c.stride_b, c.stride_h, c.stride_c, c.capacity, c.row_bytes / kUnit, rows,
+                               (K + rows - 1) / rows, tickets};
+    tickets += B * H * batch.caches[batch.n - 1].chunks;
+  }
+  return launches;
+}
 
 }  // namespace
 
 bool compact_chunkable(const CompactCache& c, int chunk_bytes) {
   return chunk_bytes > 0 && c.row_bytes > 0 && c.row_bytes <= chunk_bytes && c.capacity < (int64_t{1} << 31) &&
-         aligned(static_cast<int64_t>(reinterpret_cast<uintptr_t>(c.base))) && aligned(c.stride_b) &&
-         aligned(c.stride_h) && aligned(c.stride_c) && aligned(c.row_bytes);
+         compact_vec_bytes(c) == kUnit;
 }
 
-// Per launch of up to kMaxChunkedCaches chunkable caches: one ticket counter, then one flag per chunk.
+// Per launch: one ticket counter, then one flag per chunk.
 int64_t compact_workspace_ints(const CompactCache* caches, int64_t n_caches, int64_t B, int64_t H, int64_t K,
                                int chunk_bytes) {
-  if (B * H * K == 0) return 0;
-  int64_t total = 0, taken = 0;
-  for (int64_t i = 0; i < n_caches; ++i) {
-    if (!compact_chunkable(caches[i], chunk_bytes)) continue;
-    if (taken++ % kMaxChunkedCaches == 0) total += 1;
-    const int64_t rows = chunk_rows(caches[i], chunk_bytes);
-    total += B * H * ((K + rows - 1) / rows);
-  }
+  int64_t total = 0;
+  for (const auto& launch : plan_launches(caches, n_caches, B, H, K, chunk_bytes)) total += 1 + launch.second;
   return total;
 }
 
 cudaError_t launch_compact_chunked(const CompactCache* caches, int64_t n_caches, const int64_t* indices, int64_t B,
                                    int64_t H, int64_t K, int chunk_bytes, int* workspace, cudaStream_t stream) {
-  if (B * H * K == 0) return cudaSuccess;
-  std::vector<const CompactCache*> taken;
-  for (int64_t i = 0; i < n_caches; ++i)
-    if (compact_chunkable(caches[i], chunk_bytes)) taken.push_back(caches + i);
-  if (taken.empty()) return cudaSuccess;  // chunk_bytes 0 (the column slices take every cache), or none fits
+  const auto launches = plan_launches(caches, n_caches, B, H, K, chunk_bytes);
+  if (launches.empty()) return cudaSuccess;  // chunk_bytes 0 (the column slices take every cache), or none fits
   if (workspace == nullptr) return cudaErrorInvalidValue;
   void (*kernel)(ChunkedBatch, const int64_t*, int64_t, int64_t, unsigned int*, int*) = nullptr;
   switch (units_per_thread(chunk_bytes)) {
@@ -204,17 +210,7 @@ cudaError_t launch_compact_chunked(const CompactCache* caches, int64_t n_caches,
     default: return cudaErrorInvalidValue;  // tuning.h admits powers of two in [4096, 65536] only
   }
   if (const cudaError_t err = allow_dynamic_smem(kernel, chunk_bytes)) return err;
-  for (size_t first = 0; first < taken.size(); first += kMaxChunkedCaches) {
-    ChunkedBatch batch{};
-    batch.n = static_cast<int>(std::min<size_t>(kMaxChunkedCaches, taken.size() - first));
-    int64_t tickets = 0;
-    for (int i = 0; i < batch.n; ++i) {
-      const CompactCache& c = *taken[first + i];
-      const int64_t rows = chunk_rows(c, chunk_bytes);
-      batch.caches[i] = {c.base, c.stride_b, c.stride_h, c.stride_c, c.capacity, c.row_bytes / kUnit, rows,
-                         (K + rows - 1) / rows, tickets};
-      tickets += B * H * batch.caches[i].chunks;
-    }
+  for (const auto& [batch, tickets] : launches) {
     auto* counter = reinterpret_cast<unsigned int*>(workspace);
     kernel<<<static_cast<unsigned int>(tickets), kThreads, chunk_bytes, stream>>>(
         batch, indices, H, K, counter, workspace + 1);

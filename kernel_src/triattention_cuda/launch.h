@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "tuning.h"
 
@@ -85,6 +86,16 @@ struct CompactCache {
   int64_t capacity;                      // C
   int64_t row_bytes;                     // D * element size
 };
+
+// The widest vector (16, 8, 4, 2 or 1 bytes) that divides a cache's base address, strides and row: the unit both
+// compact_ paths move (the chunked path takes only 16).
+inline int compact_vec_bytes(const CompactCache& c) {
+  int v = 16;
+  for (int64_t x : {static_cast<int64_t>(reinterpret_cast<uintptr_t>(c.base)), c.stride_b, c.stride_h, c.stride_c,
+                    c.row_bytes})
+    while (v > 1 && x % v != 0) v >>= 1;
+  return v;
+}
 
 // `workspace`: compact_workspace_ints(..., compact_chunk_bytes(tuning, max_smem_optin)) zeroed ints, or nullptr
 // when that is 0.
