@@ -112,8 +112,10 @@ class Check:
         self.save()
         print(json.dumps(entry, default=str)[:2000], flush=True)
 
-    def run(self, name: str, cmd, limit_s: float, env=None) -> dict:
-        """Run ``cmd`` (list or shell string) with a time limit; its whole process group is killed on timeout."""
+    def run(self, name: str, cmd, limit_s: float, env=None, check: bool = True) -> dict:
+        """Run ``cmd`` (list or shell string) with a time limit; its whole process group is killed on timeout.
+        ``check``: raise on a non-zero status or a timeout; otherwise the caller reads ``rc`` and ``timed_out``
+        (``crashed``: killed by a signal it did not get from this time limit)."""
         limit = max(1.0, min(limit_s, self.left() - 2))
         log = self.log(name)
         shell = isinstance(cmd, str)
@@ -134,10 +136,11 @@ class Check:
                 rc = proc.wait()
                 timed_out = True
         text = log.read_text(errors="replace")
-        res = {"rc": rc, "timed_out": timed_out, "limit_s": round(limit), "s": round(time.time() - t, 1),
-               "log": str(log), "tail": text[-2500:]}
-        if rc != 0 or timed_out:
-            raise RuntimeError(f"{name}: rc={rc} timed_out={timed_out} after {res['s']} s\n{text[-1500:]}")
+        res = {"rc": rc, "timed_out": timed_out, "crashed": rc < 0 and not timed_out, "limit_s": round(limit),
+               "s": round(time.time() - t, 1), "log": str(log), "tail": text[-2500:]}
+        res["error"] = f"{name}: rc={rc} timed_out={timed_out} after {res['s']} s\n{text[-1500:]}"
+        if check and (rc != 0 or timed_out):
+            raise RuntimeError(res["error"])
         return res
 
     def expand(self, cmd: str) -> str:
@@ -213,31 +216,33 @@ class Check:
         return {"variant": str(self.variant), "metadata": json.loads((self.variant / "metadata.json").read_text()),
                 "s": res["s"]}
 
+    def contract_tests(self) -> list:
+        """pytest's selection of the contract tests this run checks: the CUDA ones (the CPU kernels_ci ones --dry)."""
+        return ["-k", "cpu", "-m", "kernels_ci"] if self.args.dry else ["-k", "cuda"]
+
     def tests(self) -> dict:
         """The CUDA contract tests. A test that kills the process (a crash in native code) is recorded with the
         native stack pytest's faulthandler prints, deselected, and the rest run again (up to 4 crashes)."""
-        select = ["-k", "cpu", "-m", "kernels_ci"] if self.args.dry else ["-k", "cuda"]
+        select = self.contract_tests()
         crashed, started, summary = [], time.time(), {}
         for attempt in range(5):
             cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rs", "--tb=short",
                    "tests/test_compiled_ops.py", *select, *[a for c in crashed for a in ("--deselect", c["test"])]]
-            try:
-                res = self.run("tests", cmd, self.args.tests_timeout_s - (time.time() - started))
-                summary = pytest_summary(res["tail"] + "\n" + self.log("tests").read_text(errors="replace"))
+            res = self.run("tests", cmd, self.args.tests_timeout_s - (time.time() - started), check=False)
+            text = self.log("tests").read_text(errors="replace")
+            if res["rc"] == 0 and not res["timed_out"]:
+                summary = pytest_summary(res["tail"] + "\n" + text)
                 break
-            except RuntimeError as err:
-                text = self.log("tests").read_text(errors="replace")
-                running = re.findall(r"^(tests/test_compiled_ops\.py::\S+)", text, flags=re.M)
-                finished = set(re.findall(r"^(tests/test_compiled_ops\.py::\S+) (?:PASSED|FAILED|SKIPPED|ERROR)",
-                                          text, flags=re.M))
-                victim = next((t for t in reversed(running) if t not in finished), None)
-                # not a crash: a plain failure, or the time limit (its SIGKILL is no crash either)
-                if "rc=-" not in str(err) or "timed_out=True" in str(err) or victim is None or attempt == 4:
-                    summary = pytest_summary(text)
-                    summary["crashed"] = crashed
-                    self.results["tests_summary"] = summary
-                    raise RuntimeError(f"{err}\n{text[-6000:]}") from None
-                crashed.append({"test": victim, "stack": text[-4000:]})
+            running = re.findall(r"^(tests/test_compiled_ops\.py::\S+)", text, flags=re.M)
+            finished = set(re.findall(r"^(tests/test_compiled_ops\.py::\S+) (?:PASSED|FAILED|SKIPPED|ERROR)",
+                                      text, flags=re.M))
+            victim = next((t for t in reversed(running) if t not in finished), None)
+            if not res["crashed"] or victim is None or attempt == 4:  # a plain failure, or the time limit
+                summary = pytest_summary(text)
+                summary["crashed"] = crashed
+                self.results["tests_summary"] = summary
+                raise RuntimeError(f"{res['error']}\n{text[-6000:]}")
+            crashed.append({"test": victim, "stack": text[-4000:]})
         summary["crashed"] = crashed
         self.results["tests_summary"] = summary
         if crashed:
@@ -268,7 +273,7 @@ class Check:
         fresh = ("kernel_cpu",) if self.args.dry else ("kernel_cuda", "kernel_cuda_compact")
         if not all(cases.get(c, {}).get("ok") for c in fresh):
             return {"skipped": "the probe's fresh processes crash too: the crash does not need an earlier test"}
-        select = ["-k", "cpu", "-m", "kernels_ci"] if self.args.dry else ["-k", "cuda"]
+        select = self.contract_tests()
         base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_compiled_ops.py"]
         listed = self.run("history-collect", base + ["--collect-only"] + select, 60)["tail"]
         order = re.findall(r"^(tests/test_compiled_ops\.py::\S+)$", self.log("history-collect").read_text(), re.M)
@@ -279,14 +284,11 @@ class Check:
 
         def crashes(ids: list) -> bool:
             count[0] += 1
-            try:
-                self.run(f"history{count[0]}", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                                *ids], 60)
-                return False
-            except RuntimeError as err:
-                if "timed_out=True" in str(err):  # killed by us (SIGKILL), not by a crash
-                    raise
-                return "rc=-" in str(err)  # killed by a signal; otherwise a test failed and the process lived
+            res = self.run(f"history{count[0]}", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                                  *ids], 60, check=False)
+            if res["timed_out"]:  # neither answer: stop the search
+                raise RuntimeError(res["error"])
+            return res["crashed"]  # otherwise a test failed or all passed, and the process lived
         return {**first_culprit(crashes, order[:order.index(victim)], victim), "s": round(time.time() - started, 1)}
 
     def run_json(self, name: str, cmd: list, limit_s: float, key: str) -> dict:
