@@ -57,11 +57,12 @@ def sweep_rows(tuning: list) -> list:
         op = best["op"]
         shape = ", ".join(f"{k} {size(v) if k == 'N' else v}" for k, v in best.items()
                           if k in ("B", "N", "K"))
-        builtin = next(r for r in tuning if r["op"] == op and r["tune"] == "built-in"
-                       and all(r.get(k) == best.get(k) for k in ("B", "N", "K")))
-        chosen = adopt.get(op)
-        adopted = next((r for r in tuning if r["op"] == op and r["tune"] == chosen
-                        and all(r.get(k) == best.get(k) for k in ("B", "N", "K"))), None)
+
+        def at(tune):  # this shape's row of a setting
+            return next((r for r in tuning if r["op"] == op and r["tune"] == tune
+                         and all(r.get(k) == best.get(k) for k in ("B", "N", "K"))), None)
+        builtin, chosen = at("built-in"), adopt.get(op)
+        adopted = at(chosen)
 
         def cell(r):
             pct = f" ({r['pct_hbm']:.0f} %)" if r.get("pct_hbm") is not None else ""
