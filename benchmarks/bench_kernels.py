@@ -9,7 +9,7 @@ Shapes (Llama-3.1-8B-like: Hkv 8, Hq 32, D 128, bf16 keys):
                bytes = 2 (K, V) * 2 (read + write) * B * H * K * D * 2
 CUDA: CUDA events, median of --reps calls after warm-up, L2 flushed before each call (--flush read: inputs from DRAM,
 no dirty lines left to write back; score_keys and compact_ rows also give ms_write_flush, the sessions 1-2 method,
-for comparison); GB/s and % of the HBM peak
+for comparison, and copy_ms, a device copy of the same bytes); GB/s and % of the HBM peak
 (from the device name: H200 4.8, H100 3.35, A100 2.0 TB/s; else the measured device-to-device copy bandwidth).
 CPU: wall clock, median, and smaller shapes unless --full.
 
@@ -239,10 +239,17 @@ def main() -> None:
 
     score_shapes, topk_rows, topk_ns, compact_bs = SHAPES[shapes]
     gen = torch.Generator().manual_seed(0)
-    def with_write_flush(r, fn):
-        """The sessions 1-2 figure (dirty L2 before the call) next to this run's, for the bandwidth-bound ops."""
+    def with_references(r, fn, nbytes):
+        """Next to a bandwidth-bound op's figure: the sessions 1-2 one (dirty L2 before the call), and a device copy
+        moving the same bytes (half read, half written), the rate a trivial kernel reaches at this size with its
+        launch and ramp-up, so a shortfall from the HBM target reads as the op's or the size's."""
         if timer.scratch is not None and timer.flush != "write":
             r["ms_write_flush"] = round(timer.ms(fn, "write"), 4)
+        if dev == "cuda":
+            src = torch.empty(nbytes // 2, dtype=torch.uint8, device=dev)
+            dst = torch.empty_like(src)
+            r["copy_ms"] = round(timer.ms(lambda: dst.copy_(src)), 4)
+            del src, dst
         return r
 
     for b, n in score_shapes:
@@ -252,7 +259,7 @@ def main() -> None:
         ref_ms = timer.ms(lambda: ref.score_keys(keys, trig, norm, D, False))
         nbytes = keys.numel() * keys.element_size() + scores.numel() * 4
         r = row("score_keys", {"B": b, "N": n}, ms, ref_ms, nbytes, peak)
-        results["score_keys"].append(with_write_flush(r, fn))
+        results["score_keys"].append(with_references(r, fn, nbytes))
         cand = (torch.rand(b, n, generator=gen) < 0.9).to(dev)
         zout = torch.empty(b, HKV, n, device=dev)
         ms = timer.ms(lambda: ops.zscore_group_reduce(zout, scores, cand, HQ // HKV, True))
@@ -280,7 +287,7 @@ def main() -> None:
         ref_ms = timer.ms(lambda: ref.compact_(caches, idx))
         nbytes = 2 * 2 * b * HKV * k * D * 2
         r = row("compact_", {"B": b, "H": HKV, "C": c, "K": k}, ms, ref_ms, nbytes, peak)
-        results["compact"].append(with_write_flush(r, fn))
+        results["compact"].append(with_references(r, fn, nbytes))
         save()
     if args.tune:
         tune_shapes = [s for s in score_shapes if s[1] >= 32768] or score_shapes

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """The README's kernel table from a bench_kernels.json (benchmarks/bench_kernels.py --json), so figures go from a GPU
 run into the README without retyping: one markdown row per op and shape family (the sizes of N joined by " / "),
-time, GB/s (% of HBM), speedup over the pure-torch path, and the old-flush time where it was measured. With a
---tune sweep in the file, a second table: per op and shape the built-in launch against the fastest setting whose
-output is identical, and the setting gpu_check's rule adopts (so an adopted setting's figures need no second run:
-making it built-in runs the same code).
+time, GB/s (% of HBM), speedup over the pure-torch path, and where measured the old-flush time and a device copy
+of the same bytes (the rate a trivial kernel reaches at that size). With a --tune sweep in the file, a second table:
+per op and shape the built-in launch against the fastest setting whose output is identical, and the setting
+gpu_check's rule adopts (so an adopted setting's figures need no second run: making it built-in runs the same code).
 
 Usage: python scripts/kernel_table.py docs/gpu/session3/bench_kernels.json
 """
@@ -30,6 +30,12 @@ def family(r: dict) -> str:
     return f"B {r['B']}"
 
 
+def copy_cell(r: dict) -> str:
+    """A device copy of the op's bytes: its time and, like the op's, % of HBM (same bytes, so scaled by the times)."""
+    pct = f" ({r['pct_hbm'] * r['ms'] / r['copy_ms']:.0f} %)" if "pct_hbm" in r else ""
+    return f"{r['copy_ms'] * 1e3:.1f} µs{pct}"
+
+
 def rows(results: dict) -> list:
     lines = []
     for op, label in OPS.items():
@@ -44,7 +50,8 @@ def rows(results: dict) -> list:
                             for r in rs)
             speed = " / ".join(f"{r['speedup']:.1f}x" for r in rs)
             old = " / ".join(f"{r['ms_write_flush'] * 1e3:.1f}" for r in rs if "ms_write_flush" in r)
-            lines.append(f"| {label} | {shape} | {time} | {bw} | {speed} | {old + ' µs' if old else ''} |")
+            copy = " / ".join(copy_cell(r) for r in rs if "copy_ms" in r)
+            lines.append(f"| {label} | {shape} | {time} | {bw} | {speed} | {old + ' µs' if old else ''} | {copy} |")
     return lines
 
 
@@ -87,8 +94,9 @@ def main() -> int:
     print(f"{data.get('gpu', data.get('device'))}, torch {data.get('torch')}, L2 flush {data.get('l2_flush')}, "
           f"median of {data.get('reps')}; % of {data.get('peak_GBps')} GB/s")
     print()
-    print("| op | shape | time | GB/s (% of HBM) | vs torch | time with the old (write) flush |")
-    print("|---|---|---|---|---|---|")
+    print("| op | shape | time | GB/s (% of HBM) | vs torch | time with the old (write) flush "
+          "| a copy of the same bytes |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows(data["results"])))
     if data.get("tuning"):
         print()

@@ -25,6 +25,15 @@ def test_kernel_table_from_the_second_gpu_session():
     assert any(ln.startswith(compact_b8) for ln in lines)
 
 
+def test_kernel_table_puts_a_same_size_copy_beside_the_op():
+    import kernel_table
+    data = json.loads((ROOT / "docs" / "gpu" / "session2" / "bench_kernels.json").read_text())
+    b8 = data["results"]["compact"][1]
+    b8.update(copy_ms=0.05, ms_write_flush=0.07)  # the op: 65.5 us at 42.7 % of HBM; the copy moves the same bytes
+    line = next(ln for ln in kernel_table.rows(data["results"]) if ln.startswith("| `compact_`") and "| B 8 |" in ln)
+    assert line.endswith("| 70.0 µs | 50.0 µs (56 %) |")  # 42.7 % * 65.5 / 50
+
+
 def test_kernel_table_names_a_missing_file_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_table.py"), str(tmp_path / "none.json")],
                           capture_output=True, text=True)
