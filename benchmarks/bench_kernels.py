@@ -105,15 +105,19 @@ class Timer:
         return statistics.median(times)
 
 
+def copy_ms(timer: Timer, nbytes: int) -> float:
+    """Time of a device-to-device copy that moves `nbytes` in all (half read, half written)."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return timer.ms(lambda: dst.copy_(src))
+
+
 def peak_bandwidth(timer: Timer) -> dict:
     """Spec peak from the device name, and the measured device-to-device copy bandwidth (read + write)."""
     name = torch.cuda.get_device_name()
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    copy_ms = timer.ms(lambda: dst.copy_(src))
-    copy = 2 * src.numel() / (copy_ms / 1e3)
+    nbytes = 2 * 2**30
+    copy = nbytes / (copy_ms(timer, nbytes) / 1e3)
     spec = next((v for k, v in PEAK_BANDWIDTH if k in name), None)
-    del src, dst
     return {"gpu": name, "peak_GBps": round((spec or copy) / 1e9, 1), "peak_source": "spec" if spec else "copy",
             "copy_GBps": round(copy / 1e9, 1)}
 
@@ -246,10 +250,7 @@ def main() -> None:
         if timer.scratch is not None and timer.flush != "write":
             r["ms_write_flush"] = round(timer.ms(fn, "write"), 4)
         if dev == "cuda":
-            src = torch.empty(nbytes // 2, dtype=torch.uint8, device=dev)
-            dst = torch.empty_like(src)
-            r["copy_ms"] = round(timer.ms(lambda: dst.copy_(src)), 4)
-            del src, dst
+            r["copy_ms"] = round(copy_ms(timer, nbytes), 4)
         return r
 
     for b, n in score_shapes:
