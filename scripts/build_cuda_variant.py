@@ -11,7 +11,12 @@ The .cu files of build.toml's cuda kernel are compiled with nvcc (the flags torc
 binding with the host compiler, in parallel by ninja. Default arch: the local GPU's compute capability only,
 which keeps a build around a minute; ``--archs 8.0 9.0`` builds others (no GPU needed then).
 
-Usage: python scripts/build_cuda_variant.py [--archs 9.0 ...] [--out build] [--unique-id ID] [--force] [-j N]
+``--content-id`` names the ops after a hash of the build's inputs instead of the git revision: scripts/gpu_check.py
+and scripts/prebuild_gpu_variant.sh use it, so a variant built here and carried to a GPU machine is found up to date
+there even where that machine's git reports another revision or changed files.
+
+Usage: python scripts/build_cuda_variant.py [--archs 9.0 ...] [--out build] [--unique-id ID | --content-id] [--force]
+                                            [-j N]
 """
 import argparse
 import os
@@ -117,9 +122,16 @@ def ninja_lines(ops_name: str, so_path: Path, archs) -> list:
     return lines + vc.link_lines(WORK, objs, so_path)
 
 
-def build(out_root: Path, unique_id: str, archs=None, force: bool = False, verbose: bool = True,
+def content_id(archs) -> str:
+    """The --content-id suffix of a build for ``archs``: a hash of its sources, flags and archs."""
+    return vc.content_unique_id(__file__, SOURCES + HEADERS, [NVCC_FLAGS, CXX_FLAGS, list(archs)])
+
+
+def build(out_root: Path, unique_id=None, archs=None, force: bool = False, verbose: bool = True,
           jobs=None) -> Path:
+    """Build (unless up to date) and return the variant dir; ``unique_id`` None: :func:`content_id`."""
     archs = list(archs or local_archs())
+    unique_id = unique_id or content_id(archs)
     ops_name = f"_{vc.NAME}_cuda_{unique_id}"
     return vc.build_variant(__file__, WORK, out_root / variant_name(), ops_name, SOURCES + HEADERS,
                             [NVCC_FLAGS, CXX_FLAGS, archs, unique_id],
@@ -132,13 +144,16 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=None,
                         help="CUDA archs such as 9.0 or 9.0+PTX (default: the local GPU's capability)")
     parser.add_argument("--out", type=Path, default=ROOT / "build", help="build root (default: build/)")
-    parser.add_argument("--unique-id", default=None, help="ops-name suffix (default: git short rev [+_dirty])")
+    naming = parser.add_mutually_exclusive_group()
+    naming.add_argument("--unique-id", default=None, help="ops-name suffix (default: git short rev [+_dirty])")
+    naming.add_argument("--content-id", action="store_true",
+                        help="ops-name suffix from a hash of the build inputs (h + 10 hex digits), not from git")
     parser.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
     parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs (ninja default)")
     args = parser.parse_args()
     t0 = time.time()
-    variant = build(args.out, args.unique_id or vc.git_unique_id(), archs=args.archs, force=args.force,
-                    jobs=args.jobs)
+    unique_id = None if args.content_id else args.unique_id or vc.git_unique_id()
+    variant = build(args.out, unique_id, archs=args.archs, force=args.force, jobs=args.jobs)
     print(f"{variant} ({time.time() - t0:.0f} s)")
 
 

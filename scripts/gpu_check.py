@@ -8,7 +8,8 @@ what it measured; each step's output goes to ``$OUT/logs/<step>.log``.
   env     torch / CUDA / GPU / nvcc versions
   wheels  ``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` when ``.whl/`` exists (wheels the
           GPU image lacks; scripts/fetch_gpu_wheels.sh), then /tmp/site goes first on PYTHONPATH
-  build   scripts/build_cuda_variant.py for the local GPU's arch only (about a minute), into build/
+  build   scripts/build_cuda_variant.py --content-id for the local GPU's arch only (about a minute), into build/;
+          up to date (seconds) when scripts/prebuild_gpu_variant.sh built the same sources and `build` was carried
   probe   scripts/throw_probe.py: does an op's C++ error reach Python (built-in, CPU variant, CUDA variant), or
           crash the process (then with torch's unwinder and under gdb)
   tests   pytest tests/test_compiled_ops.py -k cuda with TRIATTENTION_VARIANT_DIR = the built variant
@@ -201,7 +202,7 @@ class Check:
         if self.args.dry:
             cmd = [sys.executable, "scripts/build_cpu_variant.py"]
         else:
-            cmd = [sys.executable, "scripts/build_cuda_variant.py"]
+            cmd = [sys.executable, "scripts/build_cuda_variant.py", "--content-id"]
             cmd += ["--archs", *self.args.archs] if self.args.archs else []
         res = self.run("build", cmd, self.args.build_timeout_s)
         # The build scripts print the variant dir (then a duration) on their last line.

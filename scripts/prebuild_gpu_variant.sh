@@ -2,7 +2,8 @@
 # Build, on this CPU-only machine, the CUDA variant the GPU image would build: torch 2.11.0+cu130 (PyPI's default
 # build), Python 3.12, nvcc 13.0, sm_90, into build/torch211-cxx11-cu130-x86_64-linux (stamp in _build_cuda/).
 # Carried to the GPU (`carry`: build, _build_cuda, .whl), gpu_check's build step finds it up to date (same inputs
-# hash) and skips ~47 s of device time; it is also a second data point for the throw crash, built by this machine's
+# hash; both name the ops after that hash, --content-id, not after git, whose view of the copy there may differ)
+# and skips ~47 s of device time; it is also a second data point for the throw crash, built by this machine's
 # gcc instead of the image's. The venv (.venv-gpu211, ~4.7 GB, mostly CUDA libraries) is kept for the next run.
 #   bash scripts/prebuild_gpu_variant.sh [--archs 9.0]
 set -euo pipefail
@@ -37,4 +38,4 @@ fi
 "$VENV/bin/python" -c "import torch; assert torch.__version__ == '2.11.0+cu130', torch.__version__"
 ARCHS=("9.0")
 if [ "${1:-}" = "--archs" ]; then shift; ARCHS=("$@"); fi
-CUDA_HOME="$CUDA_HOME" "$VENV/bin/python" scripts/build_cuda_variant.py --archs "${ARCHS[@]}" -j "$(nproc)"
+CUDA_HOME="$CUDA_HOME" "$VENV/bin/python" scripts/build_cuda_variant.py --content-id --archs "${ARCHS[@]}" -j "$(nproc)"

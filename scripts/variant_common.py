@@ -3,8 +3,8 @@
 A variant dir ``build/torch<MAJ><MIN>-cxx11-<backend>-<arch>-linux/`` holds ``<ops_name>.abi3.so``, a generated
 ``_ops.py``, the Python files of ``torch-ext/triattention`` and ``metadata.json``; ``ops_name`` is
 ``_triattention_<backend>_<unique id>``, the unique id the git short rev of HEAD (``_dirty`` when tracked files
-differ), as kernel-builder derives it. Used by ``build_cpu_variant.py``, ``build_cuda_variant.py`` and
-``check_nvcc.py``.
+differ), as kernel-builder derives it, or a hash of the build's inputs (:func:`content_unique_id`). Used by
+``build_cpu_variant.py``, ``build_cuda_variant.py`` and ``check_nvcc.py``.
 """
 import hashlib
 import json
@@ -209,6 +209,32 @@ def link_lines(work: Path, objs: list, so_path: Path) -> list:
             f"build {so_path}: link {' '.join(objs + [f'{shim}.o'])}", f"default {so_path}"]
 
 
+def prune_libraries(work: Path, keep: Path) -> list:
+    """Delete the libraries of earlier builds from ``work`` (each build id links its own, ~5 MB for CUDA) and return
+    their names. Why: ``work`` travels to the GPU machine (`carry`, 64 MiB with the wheels), where seven stale CUDA
+    libraries had already taken 35 MB."""
+    stale = sorted(p for p in work.glob("*.abi3.so") if p != keep)
+    for p in stale:
+        p.unlink()
+    return [p.name for p in stale]
+
+
+def build_digest(script: str, inputs: list, settings: list) -> str:
+    """What decides whether a variant is up to date: ``inputs``, ``settings``, torch's version, ``script`` (the
+    backend's build script) and this file."""
+    import torch
+
+    return inputs_hash(inputs, list(settings) + [torch.__version__, Path(script).read_text(),
+                                                 Path(__file__).read_text()])
+
+
+def content_unique_id(script: str, inputs: list, settings: list) -> str:
+    """A unique id from what is built (``h`` + 10 hex digits of :func:`build_digest`), not from git: a variant built
+    on one machine is up to date on another that holds the same sources, whatever git says there (the GPU machine's
+    copy of the checkout may show another revision, or tracked files as changed)."""
+    return "h" + build_digest(script, inputs, settings)[:10]
+
+
 def build_variant(script: str, work: Path, variant_dir: Path, ops_name: str, inputs: list, settings: list,
                   ninja_lines: Callable[[Path], list], backend: dict, force: bool, verbose: bool,
                   jobs=None) -> Path:
@@ -217,11 +243,8 @@ def build_variant(script: str, work: Path, variant_dir: Path, ops_name: str, inp
     ``inputs``: compiled files and headers; ``settings``: flags, archs and ids; the hash also covers torch's version,
     ``script`` (the backend's build script) and this file. ``ninja_lines(so_path)`` gives the backend's ninja lines.
     """
-    import torch
-
     stamp = work / f"{variant_dir.name}.build-hash"
-    digest = inputs_hash(inputs, list(settings) + [torch.__version__, Path(script).read_text(),
-                                                   Path(__file__).read_text()])
+    digest = build_digest(script, inputs, settings)
     so_name = f"{ops_name}.abi3.so"
     if not force and stamp.exists() and stamp.read_text() == digest and (variant_dir / so_name).exists():
         if verbose:
@@ -231,6 +254,7 @@ def build_variant(script: str, work: Path, variant_dir: Path, ops_name: str, inp
     so_path = work / so_name
     run_ninja(work, ninja_lines(so_path), verbose, jobs=jobs)
     install_variant(variant_dir, so_path, ops_name, backend)
+    prune_libraries(work, so_path)
     stamp.write_text(digest)
     if verbose:
         print(f"built {variant_dir}")

@@ -119,6 +119,45 @@ def test_math_header_compiles_without_cuda(tmp_path):
     subprocess.run([str(exe)], check=True)
 
 
+
+def test_cuda_variant_content_id_follows_the_sources_not_git(tmp_path):
+    """--content-id (gpu_check, prebuild_gpu_variant): a copy of the sources without git (as the GPU machine's copy
+    may look to git) names the ops as this checkout does, so a carried prebuilt variant is up to date there; one
+    changed byte of a kernel source, or other archs, name them differently."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_cuda_variant
+
+    copy = tmp_path / "repo"
+    for part in ("scripts", "kernel_src", "torch-ext"):
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "build.toml", copy / "build.toml")
+    probe = ("import sys; sys.path.insert(0, 'scripts'); import build_cuda_variant as b; "
+             "print(b.content_id(['9.0']), b.vc.git_unique_id()); "
+             "f = b.ROOT / 'kernel_src/triattention_cuda/compact.cu'; f.write_text(f.read_text() + '\\n'); "
+             "print(b.content_id(['9.0']), b.content_id(['8.0']))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=copy, capture_output=True, text=True,
+                          env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (copied, git_there), (edited, other_archs) = (line.split() for line in proc.stdout.splitlines())
+    here = build_cuda_variant.content_id(["9.0"])
+    assert re.fullmatch(r"h[0-9a-f]{10}", here)
+    assert git_there == "local" and copied == here  # git cannot name this copy; its content names it as here
+    assert len({here, edited, other_archs}) == 3
+
+
+
+def test_a_build_leaves_only_its_own_library_in_the_work_dir(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import variant_common
+
+    libs = [tmp_path / f"_triattention_cuda_{rev}.abi3.so" for rev in ("113639a", "c1ab74c_dirty", "h0123456789")]
+    for lib in libs:
+        lib.write_bytes(b"\x7fELF")
+    (tmp_path / "ops.o").write_bytes(b"obj")
+    assert variant_common.prune_libraries(tmp_path, keep=libs[2]) == [libs[0].name, libs[1].name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_triattention_cuda_h0123456789.abi3.so", "ops.o"]
+
+
 @pytest.mark.skipif(os.environ.get("TRIATTENTION_CHECK_NVCC") != "1",
                     reason="nvcc compile check takes ~50 s uncached: set TRIATTENTION_CHECK_NVCC=1 (or run scripts/check_nvcc.py)")
 def test_cuda_sources_compile_with_nvcc():
