@@ -5,6 +5,7 @@
 # hash; both name the ops after that hash, --content-id, not after git, whose view of the copy there may differ)
 # and skips ~47 s of device time; it is also a second data point for the throw crash, built by this machine's
 # gcc instead of the image's. The venv (.venv-gpu211, ~4.7 GB, mostly CUDA libraries) is kept for the next run.
+# Ends with what a run sends (tracked files plus the carried folders) against the device tool's 64 MiB.
 #   bash scripts/prebuild_gpu_variant.sh [--archs 9.0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,3 +40,13 @@ fi
 ARCHS=("9.0")
 if [ "${1:-}" = "--archs" ]; then shift; ARCHS=("$@"); fi
 CUDA_HOME="$CUDA_HOME" "$VENV/bin/python" scripts/build_cuda_variant.py --content-id --archs "${ARCHS[@]}" -j "$(nproc)"
+# What one `run` sends: the tracked files plus the carried folders, 64 MiB at most (the device tool's limit).
+tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+carried=$(du -cb build _build_cuda $( [ -d .whl ] && echo .whl) | tail -1 | cut -f1)
+total=$((tracked + carried))
+echo "[prebuild] a run sends $((total / 1048576)) MiB of 64 (tracked files $((tracked / 1048576)),"\
+  "carried build _build_cuda .whl $((carried / 1048576)))"
+if [ "$total" -gt $((64 * 1048576)) ]; then
+  echo "prebuild_gpu_variant: over the device tool's 64 MiB: remove old variants from build/ or _build_cuda/" >&2
+  exit 1
+fi
