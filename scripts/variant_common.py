@@ -211,8 +211,8 @@ def link_lines(work: Path, objs: list, so_path: Path) -> list:
 
 def prune_libraries(work: Path, keep: Path) -> list:
     """Delete the libraries of earlier builds from ``work`` (each build id links its own, ~5 MB for CUDA) and return
-    their names. Why: ``work`` travels to the GPU machine (`carry`, 64 MiB with the wheels), where seven stale CUDA
-    libraries had already taken 35 MB."""
+    their names. Why: ``work`` travels to the GPU machine (`carry`, 64 MiB with the wheels), where seven CUDA
+    libraries, one per build id, had taken 35 MB."""
     stale = sorted(p for p in work.glob("*.abi3.so") if p != keep)
     for p in stale:
         p.unlink()
