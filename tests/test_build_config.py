@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))  # the build scripts, imported by two tests below
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +120,10 @@ def test_math_header_compiles_without_cuda(tmp_path):
     subprocess.run([str(exe)], check=True)
 
 
-
 def test_cuda_variant_content_id_follows_the_sources_not_git(tmp_path):
     """--content-id (gpu_check, prebuild_gpu_variant): a copy of the sources without git (as the GPU machine's copy
     may look to git) names the ops as this checkout does, so a carried prebuilt variant is up to date there; one
     changed byte of a kernel source, or other archs, name them differently."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     import build_cuda_variant
 
     copy = tmp_path / "repo"
@@ -145,9 +144,7 @@ def test_cuda_variant_content_id_follows_the_sources_not_git(tmp_path):
     assert len({here, edited, other_archs}) == 3
 
 
-
 def test_a_build_leaves_only_its_own_library_in_the_work_dir(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
     import variant_common
 
     libs = [tmp_path / f"_triattention_cuda_{rev}.abi3.so" for rev in ("113639a", "c1ab74c_dirty", "h0123456789")]
