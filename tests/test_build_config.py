@@ -162,6 +162,29 @@ def test_cuda_sources_compile_with_nvcc():
     assert proc.returncode == 0, proc.stdout[-6000:]
 
 
+def test_nvcc_check_fails_a_kernel_that_spills_registers(tmp_path):
+    """check_nvcc's ptxas guard turns a register spill (local-memory traffic) into a compile error that names it."""
+    import check_nvcc
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    src = tmp_path / "spill.cu"
+    src.write_text("""__global__ void k(float* o, const float* a) {
+  float r[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) r[i] = a[threadIdx.x * 64 + i] * a[i];
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) s += r[i] * r[63 - i] + r[(i * 7) % 64];
+  o[threadIdx.x] = s;
+}
+""")
+    base = [check_nvcc.nvcc_path(), *check_nvcc.PTXAS_GUARD, "-gencode=arch=compute_90,code=sm_90", "-c", str(src),
+            "-o", str(tmp_path / "spill.o")]
+    assert subprocess.run(base, capture_output=True, text=True).returncode == 0  # fits in registers as written
+    proc = subprocess.run(base + ["-maxrregcount=24"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "spilled to local memory" in proc.stderr, proc.stderr
+
+
 @pytest.mark.skipif(os.environ.get("TRIATTENTION_CHECK_HIPCC") != "1",
                     reason="hipcc compile check takes ~50 s uncached: set TRIATTENTION_CHECK_HIPCC=1 (or run scripts/check_hipcc.py)")
 def test_rocm_sources_compile_with_hipcc():
