@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -39,13 +38,6 @@ NVCC_FLAGS = cuda_build.NVCC_FLAGS  # the flags of the real CUDA build
 # The whole build spills 0 bytes for sm_80/sm_90 (ptxas -v, 2026-12-01); on sm_90 score_keys' widest tiles use 158
 # registers a thread.
 PTXAS_GUARD = ["-Xptxas=--warn-on-spills,--warning-as-error"]
-
-
-def nvcc_path() -> str:
-    nvcc = shutil.which("nvcc") or "/usr/local/bin/nvcc"
-    if not Path(nvcc).exists():
-        raise SystemExit("nvcc not found")
-    return nvcc
 
 
 def cuda_include() -> str:
@@ -73,7 +65,7 @@ def main() -> int:
     parser.add_argument("--archs", nargs="+", default=["80", "90"])
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    nvcc = nvcc_path()
+    nvcc = cuda_build.nvcc_path()  # the real build's nvcc
     WORK.mkdir(parents=True, exist_ok=True)
     inc = includes()
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in args.archs]
