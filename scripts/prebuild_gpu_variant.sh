@@ -41,7 +41,7 @@ ARCHS=("9.0")
 if [ "${1:-}" = "--archs" ]; then shift; ARCHS=("$@"); fi
 CUDA_HOME="$CUDA_HOME" "$VENV/bin/python" scripts/build_cuda_variant.py --content-id --archs "${ARCHS[@]}" -j "$(nproc)"
 # What one `run` sends: the tracked files plus the carried folders, 64 MiB at most (the device tool's limit).
-tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+tracked=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)  # one du, one total
 carried=$(du -cb build _build_cuda $( [ -d .whl ] && echo .whl) | tail -1 | cut -f1)
 total=$((tracked + carried))
 echo "[prebuild] a run sends $((total / 1048576)) MiB of 64 (tracked files $((tracked / 1048576)),"\
