@@ -49,7 +49,7 @@ if ! ls .whl/kernels-*.whl .whl/transformers-*.whl >/dev/null 2>&1; then
 fi
 # What one `run` sends: the tracked files plus the carried folders, 64 MiB at most (the device tool's limit).
 tracked=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)  # one du, one total
-carried=$(du -cb build _build_cuda $( [ -d .whl ] && echo .whl) | tail -1 | cut -f1)
+carried=$(du -cb build _build_cuda .whl | tail -1 | cut -f1)  # .whl exists: fetched above if it was missing
 total=$((tracked + carried))
 echo "[prebuild] a run sends $((total / 1048576)) MiB of 64 (tracked files $((tracked / 1048576)),"\
   "carried build _build_cuda .whl $((carried / 1048576)))"
