@@ -7,12 +7,12 @@ budget's size (the ceiling for any bounded cache), per batch x prompt length, wi
 
 Modes: ``full`` = stock ``sdpa`` with transformers' DynamicCache over the whole prompt; ``tri`` = this project
 (``--method``, default triattention-recommended, ``--budget``/``--interval``); ``tri-chunk`` = the same reading the
-prompt in ``--chunk``-token pieces with rounds between them (memory flat in the prompt length); ``plain`` = stock ``sdpa`` over the last
-``budget`` prompt tokens (after its first round TriAttention holds the same number, growing alike); ``static`` =
-TriAttention with ``static=True`` (transformers compiles its decode step on CUDA); ``hf-static`` = transformers' static
-cache over the last ``budget`` prompt tokens, compiled (no compression: the speed ceiling). Decode tokens/s excludes
-the first decode step (it carries the round that compacts a long prompt, and any compilation); the ratios use the
-median step.
+prompt in ``--chunk``-token pieces with rounds between them (memory flat in the prompt length); ``plain`` = stock
+``sdpa`` over the last ``budget`` prompt tokens (after its first round TriAttention holds the same number, growing
+alike); ``static`` = TriAttention with ``static=True`` (transformers compiles its decode step on CUDA); ``hf-static`` =
+transformers' static cache over the last ``budget`` prompt tokens, compiled (no compression: the speed ceiling).
+Decode tokens/s excludes the first decode step (it carries the round that compacts a long prompt, and any
+compilation); the ratios use the median step.
 """
 import argparse
 import json

@@ -31,7 +31,8 @@ def rope_text(rope):
 
 def render(data):
     out = [HEADER.format(transformers=data.get("transformers", "?"), torch=data.get("torch", "?"))]
-    out.append("| family (test id) | model_type | RoPE (pairing, rotated dims, type) | pruned layers | left whole | status |")
+    out.append("| family (test id) | model_type | RoPE (pairing, rotated dims, type) | pruned layers | left whole "
+               "| status |")
     out.append("| --- | --- | --- | --- | --- | --- |")
     families = data["families"]
     supported = {k: v for k, v in families.items() if "refused" not in v}

@@ -235,7 +235,8 @@ void select_topk(torch::Tensor& out, torch::Tensor const& scores, int64_t k) {
     std::vector<int64_t> idx(N);
     for (int64_t r = begin; r < end; ++r) {
       const float* row = s + r * N;
-      for (int64_t n = 0; n < N; ++n) TORCH_CHECK(!std::isnan(row[n]), "select_topk: NaN score at row ", r, ", column ", n);
+      for (int64_t n = 0; n < N; ++n)
+        TORCH_CHECK(!std::isnan(row[n]), "select_topk: NaN score at row ", r, ", column ", n);
       std::iota(idx.begin(), idx.end(), int64_t{0});
       if (k < N) {
         std::nth_element(idx.begin(), idx.begin() + k, idx.end(), [row](int64_t a, int64_t b) {

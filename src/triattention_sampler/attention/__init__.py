@@ -28,4 +28,5 @@ def use_triattention_attention(model):
             model.set_attn_implementation(previous)
 
 
-__all__ = ["NAME", "register", "set_mask_hook", "triattention_attention", "triattention_mask", "use_triattention_attention"]
+__all__ = ["NAME", "register", "set_mask_hook", "triattention_attention", "triattention_mask",
+           "use_triattention_attention"]

@@ -43,8 +43,8 @@ class CalibrationStats:
         for name in STAT_NAMES:
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 3:
-                raise CalibrationMismatchError(f"{where}: {name} must be a float tensor [layers, heads, n], got "
-                                               f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+                got = f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}"
+                raise CalibrationMismatchError(f"{where}: {name} must be a float tensor [layers, heads, n], got {got}")
         shape = tuple(self.q_mean_real.shape)
         for name in STAT_NAMES[1:3]:
             if tuple(getattr(self, name).shape) != shape:

@@ -169,7 +169,8 @@ def add_parser(sub):
     p.add_argument("--interval", type=int, default=64)
     p.add_argument("--methods", default=",".join(EVAL_METHODS), help="comma-separated method specs; "
                    "'triattention' and the tri-* ablations use offline calibration (Milton), the others online "
-                   "statistics; settings in brackets, e.g. 'triattention-online[recent_window=32,score_layer_stride=4]'")
+                   "statistics; settings in brackets, e.g. "
+                   "'triattention-online[recent_window=32,score_layer_stride=4]'")
     p.add_argument("--calibration", help="offline calibration file (default: Milton, calibrated and cached)")
     p.add_argument("--calibration-tokens", type=int, default=32768)
     p.add_argument("--chunk", type=int, default=32, help="tokens per forward; must divide budgets and interval "

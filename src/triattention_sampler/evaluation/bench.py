@@ -59,7 +59,8 @@ def sampled_decode_bench(model, filler_ids: torch.Tensor, cache, *, lengths, win
             if used >= filler_ids.numel():
                 raise ValueError(f"filler text too short for length {target}")
             n = min(chunk, target - window - cache.get_seq_length(), filler_ids.numel() - used)
-            logits = model(input_ids=filler_ids[None, used:used + n], past_key_values=cache, use_cache=True).logits[:, -1]
+            piece = filler_ids[None, used:used + n]
+            logits = model(input_ids=piece, past_key_values=cache, use_cache=True).logits[:, -1]
             used += n
         t0, c0 = time.perf_counter(), cache.compact_seconds
         for _ in range(window):
